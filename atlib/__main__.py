@@ -1,0 +1,44 @@
+"""``python -m atlib {book,compute}``: build the executed book, or fill the cache without notebooks."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .profiles import DEFAULT_PROFILE, PROFILES
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atlib", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help=f"one of: {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
+    common.add_argument("--cache-dir", default=None, help="artifact cache (default $ATLIB_CACHE or ~/.cache/atlib)")
+    common.add_argument("--data-root", default=None, help="dataset folder (default $ATLIB_DATA, system paths, download)")
+    common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    b = sub.add_parser("book", parents=[common], help="execute the chapters with papermill and build the HTML book")
+    b.add_argument("--out", default=None, help="output folder (default: book/, the published book)")
+    b.add_argument("--no-html", action="store_true", help="execute the chapters and write summary.json only")
+    sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")
+    args = ap.parse_args(argv)
+
+    from .book import BookError, run_book
+    from .data import DataNotFoundError
+    from .profiles import UnknownProfileError
+
+    try:
+        if args.cmd == "book":
+            run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html)
+        else:
+            from .experiments import compute_all
+
+            runs = compute_all(args.profile, args.cache_dir, args.data_root, args.device)
+            print(f"{len(runs)} model runs in the cache ({sum(r.cached for r in runs)} were already there)")
+    except (UnknownProfileError, DataNotFoundError, BookError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, UnknownProfileError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Cached experiment functions: what the chapters and ``python -m atlib compute`` call.
+
+``model_run(ctx, spec, seed)`` trains (or loads from the store) one model of a profile and evaluates
+it on the profile's fixed evaluation subset under every evaluation attack. Whichever chapter asks
+first trains it once; every later call is a cache hit.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import attacks, data, evaluate, models, stats, train
+from .profiles import ModelSpec, Profile, get_profile
+from .runtime import pick_device, progress_default, seed_everything
+from .store import Store, artifact_key, code_version
+
+SCHEMA = 1  # bump when the payload layout of a model run changes
+CODE = code_version([data, models, attacks, train, evaluate, stats])
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Context:
+    """A profile bound to its data (on the compute device), the evaluation subset and the store."""
+
+    profile: Profile
+    data: data.Data
+    eval_x: Tensor
+    eval_y: Tensor
+    eval_index: Tensor
+    store: Store
+    device: torch.device
+
+
+def context(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
+            device: str | None = None) -> Context:
+    """Load the profile's data onto the device and open the store (data loading is memoised)."""
+    p = get_profile(profile)
+    dev = pick_device(device)
+    d = _load_data(p.dataset, data_root, str(dev)).subset(p.train_subset)
+    idx = data.eval_indices(len(d.test_y), p.eval_subset)
+    return Context(p, d, d.test_x[idx.to(dev)], d.test_y[idx.to(dev)], idx, Store(cache_dir), dev)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data(name: str, data_root: str | None, device: str) -> data.Data:
+    return data.load_dataset(name, data_root).to(device)
+
+
+@dataclass
+class ModelRun:
+    """A trained model with its history and its logits on the evaluation subset (clean and attacked)."""
+
+    spec: ModelSpec
+    seed: int
+    model: nn.Module
+    history: list[dict]
+    logits: dict[str, Tensor]
+    labels: Tensor
+    train_seconds: float
+    cached: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}_s{self.seed}"
+
+    def acc(self, key: str = "clean") -> float:
+        return stats.accuracy(self.logits[key], self.labels)
+
+    def logit_stats(self, key: str = "clean") -> dict[str, float]:
+        return stats.logit_summary(self.logits[key], self.labels)
+
+
+def build(ctx: Context, seed: int) -> nn.Module:
+    """A freshly initialised model of the profile's architecture (initialisation seeded by ``seed``)."""
+    p, d = ctx.profile, ctx.data
+    seed_everything(seed)
+    return models.build_model(p.arch, d.shape, d.num_classes, d.mean, d.std, p.width).to(ctx.device)
+
+
+def run_config(ctx: Context, spec: ModelSpec, seed: int) -> dict[str, Any]:
+    """Everything that determines a model run (goes into its cache key)."""
+    p = ctx.profile
+    return {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
+            "width": p.width, "spec": asdict(spec), "train": p.train_config(spec), "seed": seed,
+            "eval_subset": p.eval_subset, "eval_attacks": p.eval_attacks()}
+
+
+def model_run(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None) -> ModelRun:
+    """Train and evaluate one model, or load it from the store if this exact run was done before."""
+    progress = progress_default() if progress is None else progress
+    cfg = run_config(ctx, spec, seed)
+    key = artifact_key("modelrun", cfg, CODE, ctx.data.fingerprint)
+    model = build(ctx, seed)
+
+    def compute() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        tcfg = ctx.profile.train_config(spec)
+        hist = train.train(model, ctx.data.train_x, ctx.data.train_y, tcfg, seed, monitor=(ctx.eval_x, ctx.eval_y),
+                           name=f"train {spec.label} seed {seed}", progress=progress)
+        secs = time.perf_counter() - t0
+        logits = evaluate.evaluate(model, ctx.eval_x, ctx.eval_y, ctx.profile.eval_attacks(), seed,
+                                   desc=f"attack {spec.label} seed {seed}" if progress else None)
+        return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
+                "logits": logits, "train_seconds": secs}
+
+    payload, hit = ctx.store.get_or_compute(key, compute, meta=cfg)
+    if hit:
+        model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return ModelRun(spec, seed, model, payload["history"], payload["logits"], ctx.eval_y.cpu(),
+                    payload["train_seconds"], hit)
+
+
+def training_runs(ctx: Context, specs: tuple[ModelSpec, ...] | None = None,
+                  progress: bool | None = None) -> list[ModelRun]:
+    """Every (spec, seed) of the profile (or of ``specs``), trained or loaded."""
+    progress = progress_default() if progress is None else progress
+    jobs = [(s, seed) for s in (specs or ctx.profile.model_specs()) for seed in ctx.profile.seeds]
+    bar = tqdm(jobs, desc=f"{ctx.profile.name}: models", disable=not progress)
+    out = []
+    for spec, seed in bar:
+        bar.set_postfix_str(f"{spec.label}, seed {seed}")
+        out.append(model_run(ctx, spec, seed, progress=progress))
+    return out
+
+
+def model_record(ctx: Context, run: ModelRun) -> dict[str, Any]:
+    """The ``summary.json`` entry of one model: its own threat model decides ``robust_acc``."""
+    own = "l2" if run.spec.norm == "l2" else "linf"
+    atk = ctx.profile.eval_attacks()[f"{own}_ce"]
+    clean = run.logit_stats("clean")
+    return {
+        "name": run.name, "kind": run.spec.kind, "norm": run.spec.norm, "eps": run.spec.eps, "seed": run.seed,
+        "clean_acc": run.acc("clean"),
+        "robust_acc": {"pgd_ce": run.acc(f"{own}_ce"), "pgd_margin": run.acc(f"{own}_margin")},
+        "attack": {"type": "pgd", "norm": own, "steps": atk.steps, "step_size": atk.step_size, "eps": atk.eps,
+                   "restarts": atk.restarts, "eval_samples": len(run.labels)},
+        "robust_acc_all": {k: run.acc(k) for k in run.logits if k != "clean"},
+        "mean_max_logit": clean["mean_max_logit"], "mean_logit_gap": clean["mean_logit_gap"],
+        "mean_centred_max_logit": clean["mean_centred_max_logit"],
+        "attacked_linf_ce": run.logit_stats("linf_ce"),
+        "train_seconds": run.train_seconds,
+    }
+
+
+def write_section(results_dir: str | os.PathLike | None, section: str, payload: Any) -> Path | None:
+    """Write one chapter's part of ``summary.json`` (merged by the book runner)."""
+    if results_dir is None:
+        return None
+    out = Path(results_dir) / f"{section}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float))
+    os.replace(tmp, out)
+    return out
+
+
+def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
+                device: str | None = None) -> list[ModelRun]:
+    """Fill the cache with every experiment of the profile, no notebook involved."""
+    return training_runs(context(profile, cache_dir, data_root, device))

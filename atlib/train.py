@@ -1,0 +1,114 @@
+"""Standard and PGD adversarial training (Madry et al. 2018) with SGD and a one-cycle schedule.
+
+The training set lives on the compute device as one tensor; each epoch is a seeded permutation
+sliced into batches (no DataLoader, no host→device copies). Under AT each batch is replaced by its
+PGD adversarial examples (the attack runs in eval mode, the update in train mode). Each epoch logs
+the loss, accuracy and the logit statistics of a fixed monitor set, which is how the book shows the
+max logit and gap evolving over training.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import stats
+from .attacks import AttackConfig, make_attack
+from .data import augment
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule and (optionally) the training attack."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = False
+    attack: AttackConfig | None = None
+    label_smoothing: float = 0.0
+    warmup_frac: float = 0.2  # one-cycle: linear 0 → lr over this fraction of steps, then linear → 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0):
+            raise ValueError(f"bad training config: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; nothing from this run is cached."""
+
+
+def one_cycle(step: int, total: int, warmup_frac: float) -> float:
+    """Learning-rate multiplier: linear warm-up then linear decay to zero."""
+    w = max(1, int(total * warmup_frac))
+    return step / w if step < w else max(0.0, (total - step) / max(1, total - w))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """Logits of ``model`` on ``x`` in eval mode, float32 on the CPU."""
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
+          monitor: tuple[Tensor, Tensor] | None = None, name: str = "model", progress: bool = True) -> list[dict]:
+    """Train ``model`` in place on (x, y) and return the per-epoch history."""
+    dev = x.device
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=True)
+    n, bs = len(y), cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: one_cycle(s, total, cfg.warmup_frac))
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    attack_gen = torch.Generator(device=dev).manual_seed(seed + 10_000)
+    attack = make_attack(model, cfg.attack) if cfg.attack is not None and cfg.attack.eps > 0 else None
+    history: list[dict] = []
+    bar = tqdm(range(cfg.epochs), desc=name, disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=shuffle_gen).to(dev)
+        loss_sum = torch.zeros((), device=dev)  # accumulated on device: no per-batch host sync
+        correct = torch.zeros((), device=dev)
+        for b in range(steps_per_epoch):
+            idx = perm[b * bs:(b + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            if cfg.augment:
+                xb = augment(xb, shuffle_gen)
+            if attack is not None:
+                xb = attack(xb, yb, attack_gen)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
+        train_loss = float(loss_sum) / n
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"{name}: training loss is {train_loss} at epoch {epoch + 1}; "
+                                   f"lower the learning rate (lr={cfg.lr}) or check the data")
+        rec = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": float(correct) / n,
+               "lr_peak": cfg.lr, "seconds": time.perf_counter() - t0}
+        if monitor is not None:
+            z = predict(model, monitor[0])
+            rec.update({f"monitor_{k}": v for k, v in stats.logit_summary(z, monitor[1].cpu()).items()})
+        history.append(rec)
+        bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{rec['train_acc']:.3f}")
+    model.eval()
+    return history

@@ -1,0 +1,171 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Standard and adversarially-trained models: their logit distributions
+#
+# The paper's first claim is that adversarial training (AT) *lowers, on average, the max logit and the
+# logit gap* (top-1 minus top-2 logit). This chapter trains standard and PGD-AT models on the chosen
+# profile's dataset, several seeds each, and measures their logits.
+#
+# For a sample with logits $z \in \mathbb{R}^K$ we record
+#
+# - the **max logit** $\max_j z_j$;
+# - the **centred max logit** $\max_j z_j - \frac{1}{K}\sum_j z_j$. Softmax is unchanged when the same
+#   number is added to every logit of a sample, so the cross-entropy loss does not pin the raw max logit
+#   down at all; its value comes from initialisation, weight decay and the optimiser. The centred max
+#   logit removes that free shift;
+# - the **logit gap** $z_{(1)} - z_{(2)}$, which fixes the top softmax probability together with the
+#   rest of the logit vector. On correctly classified samples it equals the **margin**
+#   $z_y - \max_{j\neq y} z_j$, the quantity the theory chapter reasons about.
+#
+# **What is reconstructed.** The paper's body text, settings and code are not available. The settings
+# below follow common practice of the adversarial-robustness literature (PGD-AT of Madry et al., inputs
+# in $[0,1]$ with the normalisation inside the model, SGD with momentum and weight decay, step size
+# $2.5\varepsilon/\text{steps}$); the table below states every one of them. Attacks are run with the
+# model in eval mode. We evaluate the last-epoch weights (no early stopping on test data).
+
+# %% tags=["parameters"]
+profile = "fashion"  # one of atlib.profiles.PROFILES
+results_dir = None  # where this chapter writes its part of summary.json and its figures
+cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
+data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
+device = None  # "cpu", "cuda", ... (default: CUDA when present)
+
+# %%
+from IPython.display import Markdown, display
+
+from atlib import experiments as ex
+from atlib import plots, report
+
+ctx = ex.context(profile, cache_dir, data_root, device)
+P = ctx.profile
+report.setting_table(ctx)
+
+# %% [markdown]
+# ## Training
+#
+# Every model below is trained once per seed and stored in the artifact cache under a key made of its
+# full configuration, the code version and the data fingerprint; re-running the chapter (or a later
+# chapter that needs the same models) loads them instead of retraining. The models are a standard one
+# ($\varepsilon=0$), L∞-AT at every $\varepsilon$ of the profile's sweep, and L2-AT at one $\varepsilon$.
+
+# %%
+runs = ex.training_runs(ctx)
+print(f"{len(runs)} models ({sum(r.cached for r in runs)} loaded from the cache); "
+      f"training them took {sum(r.train_seconds for r in runs):.0f} s in all on the machine that trained them")
+
+# %% [markdown]
+# ## Accuracy
+#
+# Clean and robust accuracy in percent on the fixed evaluation subset, as mean ± half-width of the 95%
+# Student-t interval over seeds. Every attack is named with its loss, norm, $\varepsilon$ and number of
+# steps; "margin" is the Carlini–Wagner-style loss $\max_{j\neq y} z_j - z_y$. A model is only as
+# robust as the strongest attack says: read the lower of the CE and margin columns.
+
+# %%
+report.accuracy_table(ctx, runs)
+
+# %% [markdown]
+# ## Logit statistics on clean test inputs
+#
+# Means over the evaluation subset, then mean ± 95% interval over seeds. The margin column averages only
+# the samples each model classifies correctly.
+
+# %%
+report.logit_table(runs, "clean")
+
+# %% [markdown]
+# ### Does AT shrink the logits? The rule, then the numbers
+#
+# For each statistic we pair the standard and the main L∞-AT model trained with the same seed and
+# take the difference AT − standard per seed. The rule, fixed before looking: if the 95% t-interval of
+# the paired difference lies entirely below zero, AT **shrinks** the statistic on this dataset; entirely
+# above zero, it **grows**; otherwise the data show no clear change.
+
+# %%
+shrink = report.paired_shrinkage(runs, P.model_specs()[0], P.main_at)
+display(Markdown(report.shrinkage_text(shrink, "standard", P.main_at.label)))
+
+# %% [markdown]
+# ## The distributions
+#
+# Histograms over the evaluation subset, seeds pooled; dashed lines mark the means. The top row uses
+# clean inputs, the bottom row the adversarial inputs of the L∞ PGD-CE evaluation attack (each model
+# attacked white-box). Under attack the standard model is pushed to confident *wrong* predictions,
+# so its max logit stays large while its margin turns negative.
+
+# %%
+shown = [s for s in P.model_specs() if s.kind == "standard" or s == P.main_at or s.norm == "l2"]
+atk_label = P.eval_attacks()["linf_ce"].label
+fig = plots.logit_histograms({
+    "clean": report.pooled_logits(runs, shown, "clean"),
+    f"attacked ({atk_label})": report.pooled_logits(runs, shown, "linf_ce"),
+})
+plots.save(fig, results_dir, "logit_histograms")
+
+# %% [markdown]
+# ## How the logits evolve during training
+#
+# After every epoch each model's logits on the evaluation subset are summarised (clean inputs). Lines
+# are the mean over seeds, bands the range over seeds.
+
+# %%
+fig = plots.training_curves(
+    {s.label: [r.history for r in report.runs_of(runs, s)] for s in shown},
+    {"monitor_mean_max_logit": "mean max logit", "monitor_mean_centred_max_logit": "mean centred max logit",
+     "monitor_mean_logit_gap": "mean logit gap", "monitor_accuracy": "clean accuracy (eval subset)"},
+)
+plots.save(fig, results_dir, "training_curves")
+
+# %% [markdown]
+# ## A sweep over the training $\varepsilon$
+#
+# L∞-AT at each training $\varepsilon$ of the sweep ($\varepsilon=0$ is the standard model), evaluated
+# on clean inputs; accuracy under the main L∞ PGD-CE attack for reference. Error bars are 95% t-intervals
+# over seeds. If shrinkage is a dose–response effect of the adversary's budget, the statistics should
+# fall as $\varepsilon$ grows.
+
+# %%
+eps, series = report.eps_sweep(ctx, runs)
+fig = plots.eps_sweep(eps, series, "training ε (L∞)")
+plots.save(fig, results_dir, "eps_sweep")
+import pandas as pd
+
+pd.DataFrame({k: [report.fmt(iv) for iv in v] for k, v in series.items()}, index=[f"ε={e:.4g}" for e in eps])
+
+# %% [markdown]
+# ## Logit statistics on attacked inputs
+#
+# The same statistics on the adversarial inputs of the L∞ PGD-CE evaluation attack.
+
+# %%
+report.logit_table(runs, "linf_ce")
+
+# %% [markdown]
+# ## What this chapter found
+#
+# The verdicts above are computed from this run's numbers by the stated rule; they are what this
+# dataset, model and schedule show, and the CIFAR-10 scale of the paper is only covered when the
+# `cifar10` profile is run on a GPU. Whether shrinkage is a *cause* of robustness or a symptom of it is
+# the subject of the theory chapter and of the distillation ablations.
+
+# %%
+sweep_records = [{"eps": e} | {k: iv.as_dict() for k, iv in zip(series, ivs)}
+                 for e, ivs in zip(eps, zip(*series.values()))]
+ex.write_section(results_dir, "training", {
+    "models": [ex.model_record(ctx, r) for r in runs],
+    "shrinkage": {"base": "standard", "treated": P.main_at.name, "clean": shrink,
+                  "attacked_linf_ce": report.paired_shrinkage(runs, P.model_specs()[0], P.main_at, "linf_ce")},
+    "eps_sweep": sweep_records,
+})

@@ -1,0 +1,69 @@
+import os
+
+os.environ.setdefault("ATLIB_NO_DOWNLOAD", "1")  # no test may ever touch the network
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Tiny models gain nothing from intra-op threads, and with a busy second core OpenMP spin-waits make
+# them 100x slower: one thread keeps the suite fast and its timing stable.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test sees the user's data folder or cache, and none can download."""
+    monkeypatch.delenv("ATLIB_DATA", raising=False)
+    monkeypatch.setenv("ATLIB_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("ATLIB_CACHE", str(tmp_path / "cache-from-env"))
+    monkeypatch.setenv("ATLIB_DOWNLOADS", str(tmp_path / "downloads"))
+    monkeypatch.setenv("ATLIB_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from atlib.data import load_digits_data
+
+    return load_digits_data()
+
+
+@pytest.fixture(scope="session")
+def std_digits_mlp(digits):
+    """A standard-trained MLP (width 64) on digits: ~97% clean test accuracy, trained in < 2 s."""
+    from atlib.models import build_model
+    from atlib.runtime import seed_everything
+    from atlib.train import TrainConfig, train
+
+    seed_everything(0)
+    model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 64)
+    train(model, digits.train_x, digits.train_y, TrainConfig(15, 64, 0.05), seed=0, progress=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The `smoke` book, executed and rendered once per test session into a temp dir; later tests share it.
+
+    Returns {"out", "cache", "summary", "seconds", "tracked_book_before", "tracked_book_after"}.
+    """
+    import time
+
+    from atlib.book import run_book
+
+    root = tmp_path_factory.mktemp("smoke-book")
+    out, cache = root / "book", root / "cache"
+    before = _tracked_book_state()
+    t0 = time.perf_counter()
+    summary = run_book("smoke", out=out, cache_dir=str(cache), device="cpu")
+    return {"out": out, "cache": cache, "summary": Path(summary), "seconds": time.perf_counter() - t0,
+            "tracked_book_before": before, "tracked_book_after": _tracked_book_state()}
+
+
+def _tracked_book_state() -> dict:
+    """Name, size and mtime of every file under the repository's book/ (outside _build)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (REPO_ROOT / "book").rglob("*")
+            if p.is_file() and "_build" not in p.parts}
