@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,11 +37,16 @@ class TrainConfig:
     augment: bool = False
     attack: AttackConfig | None = None
     label_smoothing: float = 0.0
+    logit_squeeze: float = 0.0  # λ of a λ·mean‖z‖² penalty on the logits (Shafahi et al.'s logit squeezing)
+    loss_temperature: float = 1.0  # CE on z / T: T < 1 trains the raw logits to be smaller
     warmup_frac: float = 0.2  # one-cycle: linear 0 → lr over this fraction of steps, then linear → 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0):
             raise ValueError(f"bad training config: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+        if self.logit_squeeze < 0 or not (self.loss_temperature > 0) or not (0 <= self.label_smoothing < 1):
+            raise ValueError(f"bad regulariser: logit_squeeze={self.logit_squeeze}, loss_temperature="
+                             f"{self.loss_temperature}, label_smoothing={self.label_smoothing}")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -64,8 +70,12 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
 
 
 def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
-          monitor: tuple[Tensor, Tensor] | None = None, name: str = "model", progress: bool = True) -> list[dict]:
-    """Train ``model`` in place on (x, y) and return the per-epoch history."""
+          monitor: tuple[Tensor, Tensor] | None = None, name: str = "model", progress: bool = True,
+          on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None) -> list[dict]:
+    """Train ``model`` in place on (x, y) and return the per-epoch history.
+
+    ``on_epoch_end(epoch, model, record)`` is called after each epoch (e.g. to keep snapshots).
+    """
     dev = x.device
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=True)
@@ -92,7 +102,9 @@ def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
             if attack is not None:
                 xb = attack(xb, yb, attack_gen)
             logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(logits / cfg.loss_temperature, yb, label_smoothing=cfg.label_smoothing)
+            if cfg.logit_squeeze:
+                loss = loss + cfg.logit_squeeze * logits.pow(2).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -109,6 +121,8 @@ def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
             z = predict(model, monitor[0])
             rec.update({f"monitor_{k}": v for k, v in stats.logit_summary(z, monitor[1].cpu()).items()})
         history.append(rec)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model, rec)
         bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{rec['train_acc']:.3f}")
     model.eval()
     return history
