@@ -1,0 +1,248 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Which samples are confident? Standard versus AT models, against a seed-to-seed null
+#
+# The paper's second claim is that adversarially-trained (AT) and standard models *differ significantly
+# in which samples are high- or low-confidence*, and that the samples with the largest difference look
+# qualitatively different. Two models trained with different seeds never agree perfectly either, so
+# "differ" only means something against a **null**: how much two standard models, or two AT models,
+# that differ only in their seed disagree with each other.
+#
+# **Per-sample confidence.** For logits $z \in \mathbb{R}^K$ with top class $c = \arg\max_j z_j$ we use the
+# top-class log-odds
+#
+# $$\ell(z) = \log p_c - \log(1 - p_c) = z_c - \log \sum_{j \neq c} e^{z_j},$$
+#
+# computed from the logits with a log-sum-exp, never from $p_c$. It orders samples exactly as the top
+# softmax probability $p_c$ does (it is a monotone function of it), but a float32 softmax returns exactly
+# $p_c = 1.0$ once the gap exceeds about 17, and a confident standard model can have many such samples
+# (the table below shows how many there are here): in a ranking by probability they all tie. The logit
+# gap $z_{(1)} - z_{(2)}$ is shown alongside.
+#
+# **Agreement.** For two models $A$ and $B$ evaluated on the same $N$ test images, Spearman's
+# $\rho = \operatorname{corr}(\operatorname{rank} \ell_A, \operatorname{rank} \ell_B)$ and Kendall's
+# $\tau_b$ (the excess of concordant over discordant sample pairs, corrected for ties) measure how alike
+# the two confidence rankings are; both are 1 for identical rankings and −1 for reversed ones.
+#
+# **The unit of replication is the seed pair, not the sample.** A bootstrap over the test images would
+# give tiny intervals that ignore how much the answer changes with the seed. Each comparison is therefore
+# a list of values, one per pair of models: std vs std and AT vs AT use every pair of distinct seeds;
+# std vs AT uses every (std seed $i$, AT seed $j$) with $i \neq j$, so that it shares no initialisation
+# or batch order, exactly like the nulls. We report the mean over pairs with a Student-t 95% interval.
+# Pairs that share a model are not independent, so these intervals are approximate (somewhat too
+# narrow); with three seeds there are three null pairs ($t_{0.975,2} = 4.30$).
+#
+# **The accuracy confound.** AT models are less accurate. A less-trained standard model might also rank
+# samples differently from a fully trained one, and then "AT differs" would just mean "a worse model
+# differs". As a control we re-run chapter 02's standard recipe (same configuration and seed, so the same
+# run; a test checks that its last epoch reproduces chapter 02's model exactly) and keep its logits after
+# every epoch. The **early-stopped standard model** is the epoch whose clean accuracy is closest to the
+# AT models' mean clean accuracy — measured on a *selection set* that is not the test set (selecting on
+# the evaluation subset would be selecting on test data); the table below names the set for this profile.
+# With the one-cycle schedule an early epoch is also one taken at a *high learning rate*, not an annealed
+# model: the control matches accuracy, not every property of a finished model.
+
+# %% tags=["parameters"]
+profile = "fashion"  # one of atlib.profiles.PROFILES
+results_dir = None  # where this chapter writes its part of summary.json and its figures
+cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
+data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
+device = None  # "cpu", "cuda", ... (default: CUDA when present)
+
+# %%
+from IPython.display import Markdown, display
+
+from atlib import confidence as cf
+from atlib import confidence_plots as cp
+from atlib import experiments as ex
+from atlib import plots, report
+
+ctx = ex.context(profile, cache_dir, data_root, device)
+report.setting_table(ctx)
+
+# %%
+an = cf.analyse(ctx, data_root)
+S = an.settings
+display(Markdown(
+    f"Models: chapter 02's standard model and **{an.at_spec.label}** (PGD-AT), seeds "
+    f"{', '.join(map(str, an.seeds))}, last-epoch weights, "
+    f"{'all loaded from the cache' if an.models_cached else 'trained now (chapter 02 had not cached them)'}; "
+    f"clean logits on the fixed evaluation subset of {len(an.labels)} {ctx.data.name} test images. "
+    f"Early stopping selected on {an.matched.selection}; AT accuracy there: "
+    f"{', '.join(f'{100 * a:.1f}%' for a in an.matched.at_select_acc)} (target {100 * an.matched.target:.1f}%)."))
+cp.matched_table(an)
+
+# %% [markdown]
+# ## Confidence per sample
+#
+# Means over the evaluation subset, then mean ± 95% t-interval over seeds. The last column is the share of
+# samples whose float32 softmax top probability is exactly 1.0: those samples would all tie in a ranking
+# by probability.
+
+# %%
+cp.score_table(an)
+
+# %% [markdown]
+# Density-shaded scatter plots of per-sample confidence: standard model on the $x$ axis, AT on the $y$
+# axis (same-seed pairs pooled), and, for comparison, two standard models of different seeds. A tight
+# monotone band means the two models rank samples alike.
+
+# %%
+fig = cp.density_scatter(an)
+plots.save(fig, results_dir, "confidence_scatter");
+
+# %% [markdown]
+# ## Agreement against the null: the rule, then the numbers
+#
+# The rule is fixed here, before the numbers below are looked at, and applied by code:
+#
+# > Primary statistic: Spearman's $\rho$ of the top-class log-odds over the evaluation subset, one value per
+# > seed pair, 95% Student-t interval over pairs. **(a)** Standard and AT models *differ* in which samples
+# > are confident if the upper end of the std-vs-AT interval lies below the lower ends of both null
+# > intervals (std vs std and AT vs AT). **(b)** The difference *persists at matched accuracy* if the upper
+# > end of the early-stopped-std-vs-AT interval lies below the lower ends of the AT-vs-AT interval and of
+# > the early-stopped-std-vs-early-stopped-std null. Claim 2 is **supported** if (a) and (b) hold;
+# > **not separated from accuracy** if (a) holds but (b) does not; **not supported** if (a) fails;
+# > **undecided** if any of these intervals rests on fewer than two seed pairs.
+#
+# Kendall's $\tau_b$ is reported as a check; it is usually smaller than $\rho$ in absolute value, so
+# compare it only with its own nulls. The effect size is Cohen's $d$, the difference of the mean
+# agreement of two comparisons over the pooled standard deviation of their per-pair values; because
+# seed-to-seed spread is small, $d$ can be very large even for a modest difference in $\rho$.
+
+# %%
+display(Markdown("**Spearman's ρ** (top-class log-odds)"))
+cp.comparison_table(an.correlations["spearman"])
+
+# %%
+display(Markdown("**Kendall's τ-b** (top-class log-odds)"))
+cp.comparison_table(an.correlations["kendall"])
+
+# %%
+display(Markdown("**Spearman's ρ of the logit gap** (a second confidence score, as a check)"))
+cp.comparison_table(cf.comparisons(an.logits, cf.spearman, kind="gap"))
+
+# %%
+v = cf.verdict(an)
+eff = {m: cf.effect_sizes(an, m) for m in cf.CORRELATIONS}
+display(Markdown(
+    f"**Verdict ({ctx.data.name}, {an.at_spec.label} vs standard, seeds {', '.join(map(str, an.seeds))}): "
+    f"{v['outcome']}.** (a) std vs AT below both nulls: {v['differs_from_nulls']}; (b) early-stopped std vs AT "
+    f"below AT vs AT and its own null: {v['persists_at_matched_accuracy']} (the intervals are in the Spearman "
+    f"table above). Cohen's d of std-vs-AT against std-vs-std: {eff['spearman']['std_vs_at_minus_std_vs_std']:.3g} "
+    f"(Spearman), {eff['kendall']['std_vs_at_minus_std_vs_std']:.3g} (Kendall); against AT-vs-AT: "
+    f"{eff['spearman']['std_vs_at_minus_at_vs_at']:.3g} (Spearman)."))
+
+# %% [markdown]
+# ### Top-k and bottom-k overlap
+#
+# Rank correlations weigh the whole ranking; what the paper highlights are the extremes. For the $k$ most
+# (top) and least (bottom) confident samples of each model we take the Jaccard overlap
+# $|S_A \cap S_B| / |S_A \cup S_B|$ of the two sets, per seed pair, against the same nulls. Ranking by
+# log-odds matters most here: by float32 probability, the top-$k$ set of a standard model is an arbitrary
+# choice among hundreds of samples at exactly 1.0.
+
+# %%
+cp.jaccard_table(an)
+
+# %% [markdown]
+# ## The samples with the largest difference
+#
+# Each sample gets its normalised rank (0 = least, 1 = most confident) under each model; the difference
+# of ranks says how much more confident one model is *relative to its own other samples*. Raw confidences
+# cannot be compared directly: AT lowers them all. Top row: samples the AT model ranks far higher than the
+# standard model; bottom row: the reverse. Captions give the true label, each model's prediction and its
+# top softmax probability (standard and AT models of seed shown in the row titles).
+
+# %%
+fig = cp.difference_grid(an, ("std", an.seeds[0]), ("at", an.seeds[0]))
+plots.save(fig, results_dir, "confidence_grid_std_vs_at");
+
+# %% [markdown]
+# The visual null: the same grid for two *standard* models of different seeds. If these samples look as
+# special as the ones above, the grid above shows seed noise, not an effect of AT.
+
+# %%
+if len(an.seeds) > 1:
+    fig = cp.difference_grid(an, ("std", an.seeds[0]), ("std", an.seeds[1]))
+    plots.save(fig, results_dir, "confidence_grid_std_vs_std");
+else:
+    display(Markdown("Only one seed in this profile: no std-vs-std null grid."))
+
+# %% [markdown]
+# ### Per class
+#
+# Within each class: Spearman's ρ of std vs AT and of the two nulls (mean over seed pairs ± t-interval),
+# and how many of each seed's most different samples (the groups below, same-seed std/AT pair) fall in
+# the class. A class that fills the AT ≫ std group is one where AT is relatively confident and the
+# standard model relatively unsure.
+
+# %%
+pc = cf.per_class(an)
+cp.class_table(pc)
+
+# %% [markdown]
+# ## What distinguishes the groups
+#
+# For each seed, the AT ≫ std group is the samples with the largest rank difference AT − std (same-seed
+# pair), the std ≫ AT group the most negative ones, and a random group of the same size is the
+# reference. For each group we average three measures that can be computed without looking at the
+# images: the pixel-space $L_2$ distance to the nearest training image of *another* class (a sample near
+# a decision-relevant neighbour is intrinsically ambiguous), the RMS contrast (standard deviation of
+# the pixels) and the mean pixel intensity, and the standard model's own margin
+# $z_y - \max_{j\neq y} z_j$; and both models' accuracy in the group. Mean over seeds ± 95% t-interval,
+# the unit again being the seed.
+
+# %%
+display(Markdown(f"Group size: {min(S.group_size, len(an.labels) // 3)} samples per seed."))
+gm = cf.group_measures(an)
+cp.group_table(gm)
+
+# %% [markdown]
+# ## Browse the samples
+#
+# The static view below is what the interactive browser shows by default: the samples of the chosen
+# direction and rank range, each with both models' full softmax. In JupyterLab, the next cell builds the
+# live browser (pick the direction, rank range, class and seed); the rendered book shows only the static
+# view.
+
+# %%
+fig = cp.browser_figure(an, "AT ≫ std", (0, 7))
+plots.save(fig, results_dir, "confidence_browser_static");
+
+# %% tags=["remove-output"]
+cp.browser(an)
+
+# %% [markdown]
+# ## What this chapter found
+#
+# The list below is generated from this run's numbers: the verdict by the stated rule, the classes with
+# the lowest and highest within-class agreement, and, for each group measure, whether the group's 95%
+# interval over seeds lies entirely above or below that of random samples ("overlapping" is no evidence
+# of a difference). It holds for this dataset, model and schedule; the paper's CIFAR-10 scale is only
+# covered when the `cifar10` profile is run on a GPU. The grids and the group measures describe *which*
+# samples move; the null grid shows how much of that a change of seed alone produces. When the
+# early-stopped control's own null is wide, it is because snapshots taken at a high learning rate
+# disagree with each other; the control is then weak, and the rule says so rather than guessing.
+
+# %%
+display(Markdown(cp.findings_text(an, v, gm, pc)))
+
+# %%
+section = cf.summary_section(an)
+ex.write_section(results_dir, "confidence", {"confidence": section})
+display(Markdown(f"Samples shown in the grids (test-set indices): "
+                 f"{section['shown_indices']['std_vs_at']['b_over_a_test_index']} (AT ≫ std), "
+                 f"{section['shown_indices']['std_vs_at']['a_over_b_test_index']} (std ≫ AT)."))
