@@ -112,7 +112,7 @@ fig = plots.logit_histograms({
     "clean": report.pooled_logits(runs, shown, "clean"),
     f"attacked ({atk_label})": report.pooled_logits(runs, shown, "linf_ce"),
 })
-plots.save(fig, results_dir, "logit_histograms")
+plots.save(fig, results_dir, "logit_histograms");
 
 # %% [markdown]
 # ## How the logits evolve during training
@@ -126,7 +126,7 @@ fig = plots.training_curves(
     {"monitor_mean_max_logit": "mean max logit", "monitor_mean_centred_max_logit": "mean centred max logit",
      "monitor_mean_logit_gap": "mean logit gap", "monitor_accuracy": "clean accuracy (eval subset)"},
 )
-plots.save(fig, results_dir, "training_curves")
+plots.save(fig, results_dir, "training_curves");
 
 # %% [markdown]
 # ## A sweep over the training $\varepsilon$
@@ -139,7 +139,7 @@ plots.save(fig, results_dir, "training_curves")
 # %%
 eps, series = report.eps_sweep(ctx, runs)
 fig = plots.eps_sweep(eps, series, "training ε (L∞)")
-plots.save(fig, results_dir, "eps_sweep")
+plots.save(fig, results_dir, "eps_sweep");
 import pandas as pd
 
 pd.DataFrame({k: [report.fmt(iv) for iv in v] for k, v in series.items()}, index=[f"ε={e:.4g}" for e in eps])

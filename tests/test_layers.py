@@ -9,7 +9,7 @@ LAYERS = {
     1: {"attacks", "models", "data", "store", "plots"},
     2: {"train", "evaluate"},
     3: {"profiles", "experiments", "report", "theory", "confidence", "confidence_matched", "confidence_plots",
-        "audit", "distill"},
+        "audit", "audit_report", "distill", "controls", "theory_views", "audit_report"},
     4: {"book", "__main__"},
 }
 LEVEL = {m: lvl for lvl, mods in LAYERS.items() for m in mods}
