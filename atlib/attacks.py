@@ -1,4 +1,5 @@
-"""Batched PGD in pixel space: L∞ and L2, random start, CE or margin (CW) loss, restarts.
+"""Batched PGD in pixel space: L∞ and L2, random start, CE or margin (CW) loss, restarts, a fixed or
+cosine-decayed step size.
 
 One small class per attack over a tiny base, in the torchattacks style. Gradients are taken with
 respect to the perturbation only (``torch.autograd.grad``), so no weight gradients are computed or
@@ -17,6 +18,7 @@ from torch import nn
 Tensor = torch.Tensor
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,13 @@ class AttackConfig:
     random_start: bool = True
     restarts: int = 1
     keep_best: bool = True  # return, per sample, the iterate with the highest loss (evaluation)
+    schedule: str = "constant"  # step size per iteration: constant, or a half cosine from step_size to 0
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; valid: {', '.join(NORMS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown step schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown attack loss {self.loss!r}; valid: {', '.join(LOSSES)}")
         if not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps) or self.eps < 0:
@@ -56,11 +61,24 @@ class AttackConfig:
         """Step size 2.5·ε/steps (Madry et al. 2018), enough to cross the ball from any start."""
         return cls(norm, eps, steps, 2.5 * eps / max(steps, 1), **kw)  # type: ignore[arg-type]
 
+    @classmethod
+    def cosine(cls, norm: str, eps: float, steps: int, **kw: object) -> "AttackConfig":
+        """Step size decayed from ε/2 to 0 on a half cosine: big early steps cross the ball, small late
+        steps settle in a local maximum that a fixed step overshoots (the evaluation attack)."""
+        return cls(norm, eps, steps, eps / 2, schedule="cosine", **kw)  # type: ignore[arg-type]
+
+    def step_at(self, t: int) -> float:
+        """The step size of iteration ``t`` (0-based) of ``steps``."""
+        if self.schedule == "constant":
+            return self.step_size
+        return self.step_size * 0.5 * (1 + math.cos(math.pi * t / max(self.steps, 1)))
+
     @property
     def label(self) -> str:
         sym = "L∞" if self.norm == "linf" else "L2"
         rs = f", {self.restarts} restarts" if self.restarts > 1 else ""
-        return f"PGD-{self.steps} {self.loss.upper() if self.loss == 'ce' else 'margin'}, {sym} ε={self.eps:.4g}{rs}"
+        sc = ", cosine step" if self.schedule == "cosine" else ""
+        return f"PGD-{self.steps} {self.loss.upper() if self.loss == 'ce' else 'margin'}, {sym} ε={self.eps:.4g}{sc}{rs}"
 
 
 def attack_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
@@ -97,7 +115,7 @@ class PGD(Attack):
     def init_delta(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         raise NotImplementedError
 
-    def step(self, delta: Tensor, grad: Tensor) -> Tensor:
+    def step(self, delta: Tensor, grad: Tensor, alpha: float) -> Tensor:
         raise NotImplementedError
 
     def project(self, delta: Tensor) -> Tensor:
@@ -111,13 +129,13 @@ class PGD(Attack):
         for _ in range(cfg.restarts):
             delta = self.init_delta(x, generator) if cfg.random_start else torch.zeros_like(x)
             delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)  # stay in the pixel box
-            for _ in range(cfg.steps):
+            for t in range(cfg.steps):
                 loss = attack_loss(self.model(x + delta), y, cfg.loss)
                 if cfg.keep_best:
                     best_x, best_loss = _keep_best(best_x, best_loss, x + delta.detach(), loss.detach())
                 (grad,) = torch.autograd.grad(loss.sum(), delta)  # input-only gradient: no weight grads
                 with torch.no_grad():
-                    delta = self.project(self.step(delta, grad))
+                    delta = self.project(self.step(delta, grad, cfg.step_at(t)))
                     delta = (x + delta).clamp_(0, 1) - x  # clamp into [0, 1] after projecting on the ball
                 delta.requires_grad_(True)
             if not cfg.keep_best:
@@ -145,8 +163,8 @@ class PGDLinf(PGD):
         u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return (2 * u - 1) * self.cfg.eps
 
-    def step(self, delta: Tensor, grad: Tensor) -> Tensor:
-        return delta + self.cfg.step_size * grad.sign()
+    def step(self, delta: Tensor, grad: Tensor, alpha: float) -> Tensor:
+        return delta + alpha * grad.sign()
 
     def project(self, delta: Tensor) -> Tensor:
         return delta.clamp(-self.cfg.eps, self.cfg.eps)
@@ -164,8 +182,8 @@ class PGDL2(PGD):
         r = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), generator=generator, device=x.device, dtype=x.dtype)
         return d / _per_sample_norm(d) * r * self.cfg.eps
 
-    def step(self, delta: Tensor, grad: Tensor) -> Tensor:
-        return delta + self.cfg.step_size * grad / _per_sample_norm(grad)
+    def step(self, delta: Tensor, grad: Tensor, alpha: float) -> Tensor:
+        return delta + alpha * grad / _per_sample_norm(grad)
 
     def project(self, delta: Tensor) -> Tensor:
         return delta * (self.cfg.eps / _per_sample_norm(delta)).clamp(max=1.0)

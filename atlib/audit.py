@@ -128,9 +128,10 @@ def oracle(name: str, model: nn.Module, cfg: AttackConfig, apgd_steps: int, apgd
     """A torchattacks attack object for ``name`` in ``ta_pgd``, ``apgd_ce``, ``apgd_dlr``."""
     ta = _torchattacks()
     norm = "Linf" if cfg.norm == "linf" else "L2"
-    if name == "ta_pgd":
+    if name == "ta_pgd":  # torchattacks has a fixed step only: the evaluated one, or Madry's for a cosine schedule
         cls = ta.PGD if cfg.norm == "linf" else ta.PGDL2
-        return cls(model, eps=cfg.eps, alpha=cfg.step_size, steps=cfg.steps, random_start=cfg.random_start)
+        alpha = cfg.step_size if cfg.schedule == "constant" else 2.5 * cfg.eps / max(cfg.steps, 1)
+        return cls(model, eps=cfg.eps, alpha=alpha, steps=cfg.steps, random_start=cfg.random_start)
     if name in ("apgd_ce", "apgd_dlr"):
         return ta.APGD(model, norm=norm, eps=cfg.eps, steps=apgd_steps, n_restarts=apgd_restarts, seed=seed,
                        loss=name.removeprefix("apgd_"))
@@ -309,12 +310,12 @@ def masking_checks(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig,
         return float(correct(m, xa, y).float().mean())
 
     def compute() -> dict[str, Any]:
-        sweep = [acc_of(model, AttackConfig.madry("linf", e, settings.sweep_steps)) if e > 0
+        sweep = [acc_of(model, same_family(threat, "linf", e, settings.sweep_steps)) if e > 0
                  else float(correct(model, x, y).float().mean()) for e in settings.linf_grid]
-        few = AttackConfig.madry(threat.norm, threat.eps, settings.few_steps)
+        few = same_family(threat, threat.norm, threat.eps, settings.few_steps)
         out: dict[str, Any] = {"linf_grid": list(settings.linf_grid), "sweep": sweep,
                                "few": acc_of(model, few),
-                               "many": acc_of(model, AttackConfig.madry(threat.norm, threat.eps, settings.many_steps)),
+                               "many": acc_of(model, same_family(threat, threat.norm, threat.eps, settings.many_steps)),
                                "restarts": acc_of(model, replace(few, restarts=settings.restarts)),
                                "whitebox": acc_of(model, threat)}
         out["transfer"] = acc_of(model, threat, surrogate) if surrogate is not None else None
@@ -323,6 +324,12 @@ def masking_checks(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig,
     raw, hit = _cached(store, "masking", cfg, data_fp, compute)
     checks = _judge(raw, n, num_classes, settings, threat)
     return {"raw": raw, "checks": checks, "flags": [c["flag"] for c in checks if not c["passed"]], "cached": hit}
+
+
+def same_family(threat: AttackConfig, norm: str, eps: float, steps: int) -> AttackConfig:
+    """PGD-CE at another norm/ε/step count with the step rule of ``threat`` (cosine or Madry's fixed step)."""
+    make = AttackConfig.cosine if threat.schedule == "cosine" else AttackConfig.madry
+    return make(norm, eps, steps)
 
 
 def _judge(raw: Mapping[str, Any], n: int, num_classes: int, s: AuditSettings, threat: AttackConfig) -> list[dict]:
@@ -411,7 +418,8 @@ def _need(threat: AttackConfig | None) -> AttackConfig:
 
 
 def _threat_record(c: AttackConfig) -> dict[str, Any]:
-    return {"norm": c.norm, "eps": c.eps, "steps": c.steps, "step_size": c.step_size, "random_start": c.random_start}
+    return {"norm": c.norm, "eps": c.eps, "steps": c.steps, "step_size": c.step_size, "schedule": c.schedule,
+            "random_start": c.random_start}
 
 
 # ---------------------------------------------------------------- chapter 02's models

@@ -5,7 +5,6 @@ model that APGD beats by more than the margin, reruns atlib's PGD in variants to
 """
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
@@ -26,27 +25,6 @@ Tensor = torch.Tensor
 
 # ---------------------------------------------------------------- diagnosing a flag
 
-def cosine_pgd(model: nn.Module, cfg: AttackConfig, peak: float) -> attacks.PGD:
-    """atlib's PGD with the step size decayed from ``peak`` to 0 on a half cosine over the steps.
-
-    A diagnostic only (the book's attacks are in ``atlib.attacks``): if this variant closes the gap to
-    APGD, the gap comes from atlib's fixed step size, not from the loss or the projection.
-    """
-    base = attacks.PGDLinf if cfg.norm == "linf" else attacks.PGDL2
-
-    class CosinePGD(base):  # type: ignore[valid-type, misc]
-        def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
-            self._t = 0
-            return super().perturb(x, y, generator)
-
-        def step(self, delta: Tensor, grad: Tensor) -> Tensor:
-            t, self._t = self._t % self.cfg.steps, self._t + 1
-            lr = peak * 0.5 * (1 + math.cos(math.pi * t / self.cfg.steps))
-            return delta + (lr / self.cfg.step_size) * (base.step(self, delta, grad) - delta)
-
-    return CosinePGD(model, cfg)
-
-
 def diagnose(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, robust: Mapping[str, Tensor],
              settings: AuditSettings, seed: int, store: Store | None = None, data_fp: str = "") -> pd.DataFrame:
     """Why does APGD beat atlib's PGD on this model? atlib PGD variants against the APGD minimum.
@@ -54,18 +32,21 @@ def diagnose(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, robus
     Per variant: its accuracy and the paired counts of samples that it leaves robust but an APGD breaks,
     and the other way round (a real gap is one-sided; noise is two-sided).
     """
+    cos = AttackConfig.cosine(threat.norm, threat.eps, threat.steps)
     variants = {
-        f"PGD-{threat.steps} ×{settings.restarts} restarts (CE)": (replace(threat, restarts=settings.restarts), None),
-        f"PGD-{threat.steps}, cosine step ε/2→0 (CE)": (threat, threat.eps / 2),
-        f"PGD-{threat.steps}, cosine step ε/2→0 (margin)": (replace(threat, loss="margin"), threat.eps / 2),
+        f"PGD-{threat.steps} ×{settings.restarts} restarts (CE)": replace(threat, restarts=settings.restarts),
+        f"PGD-{threat.steps}, cosine step ε/2→0 (CE)": cos,
+        f"PGD-{threat.steps}, cosine step ε/2→0 (margin)": replace(cos, loss="margin"),
+        f"PGD-{threat.steps}, cosine step ×{settings.restarts} restarts (margin)":
+            replace(cos, loss="margin", restarts=settings.restarts),
     }
     cfg = {"schema": SCHEMA, "model": model_hash(model), "data": tensor_hash(x, y), "threat": asdict(threat),
            "settings": asdict(settings), "seed": seed}
 
     def compute() -> dict[str, Any]:
         out = {}
-        for name, (c, peak) in variants.items():
-            atk = cosine_pgd(model, c, peak) if peak is not None else attacks.make_attack(model, c)
+        for name, c in variants.items():
+            atk = attacks.make_attack(model, c)
             gen = torch.Generator(device=x.device).manual_seed(seed)
             xa = torch.cat([atk(x[i:i + settings.batch_size], y[i:i + settings.batch_size], gen)
                             for i in range(0, len(x), settings.batch_size)])
@@ -75,8 +56,8 @@ def diagnose(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, robus
     found, _ = _cached(store, "diagnose", cfg, data_fp, compute, extra=[sys.modules[__name__]])
     apgd = robust["apgd_ce"] & robust["apgd_dlr"]
     rows = {}
-    for name, r in {f"atlib PGD-{threat.steps} CE, fixed step {threat.step_size:.3g} (as evaluated)": robust["atlib_pgd_ce"],
-                    f"atlib PGD-{threat.steps} margin, fixed step (as evaluated)": robust["atlib_pgd_margin"],
+    for name, r in {f"atlib {threat.label} (as evaluated)": robust["atlib_pgd_ce"],
+                    f"atlib {replace(threat, loss='margin').label} (as evaluated)": robust["atlib_pgd_margin"],
                     **found, "min(APGD-CE, APGD-DLR)": apgd}.items():
         rows[name] = {"accuracy (%)": round(100 * float(r.float().mean()), 1),
                       "robust here, broken by an APGD": int((r & ~apgd).sum()),

@@ -23,8 +23,10 @@ from .profiles import ModelSpec, Profile, get_profile
 from .runtime import pick_device, progress_default, seed_everything
 from .store import Store, artifact_key, code_version
 
-SCHEMA = 1  # bump when the payload layout of a model run changes
-CODE = code_version([data, models, attacks, train, evaluate, stats])
+SCHEMA = 2  # bump when the payload layout of a trained model or of its evaluation changes
+TRAIN_CODE = code_version([data, models, attacks, train])  # what a trained model depends on
+EVAL_CODE = code_version([attacks, evaluate, stats])  # what its evaluation depends on: retrain-free fixes
+CODE = TRAIN_CODE + "-" + EVAL_CODE
 
 Tensor = torch.Tensor
 
@@ -89,37 +91,50 @@ def build(ctx: Context, seed: int) -> nn.Module:
 
 
 def run_config(ctx: Context, spec: ModelSpec, seed: int) -> dict[str, Any]:
-    """Everything that determines a model run (goes into its cache key)."""
+    """Everything that determines a trained model (its cache key; the eval subset is monitored in training)."""
     p = ctx.profile
     return {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
             "width": p.width, "spec": asdict(spec), "train": p.train_config(spec), "seed": seed,
-            "eval_subset": p.eval_subset, "eval_attacks": p.eval_attacks()}
+            "eval_subset": p.eval_subset}
 
 
-def model_run(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None) -> ModelRun:
-    """Train and evaluate one model, or load it from the store if this exact run was done before."""
+def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None
+                  ) -> tuple[nn.Module, dict[str, Any], str, bool]:
+    """Train one model, or load it: ``(model in eval mode, {history, train_seconds}, cache key, hit)``."""
     progress = progress_default() if progress is None else progress
     cfg = run_config(ctx, spec, seed)
-    key = artifact_key("modelrun", cfg, CODE, ctx.data.fingerprint)
+    key = artifact_key("model", cfg, TRAIN_CODE, ctx.data.fingerprint)
     model = build(ctx, seed)
 
     def compute() -> dict[str, Any]:
         t0 = time.perf_counter()
-        tcfg = ctx.profile.train_config(spec)
-        hist = train.train(model, ctx.data.train_x, ctx.data.train_y, tcfg, seed, monitor=(ctx.eval_x, ctx.eval_y),
-                           name=f"train {spec.label} seed {seed}", progress=progress)
-        secs = time.perf_counter() - t0
-        logits = evaluate.evaluate(model, ctx.eval_x, ctx.eval_y, ctx.profile.eval_attacks(), seed,
-                                   desc=f"attack {spec.label} seed {seed}" if progress else None)
+        hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(spec), seed,
+                           monitor=(ctx.eval_x, ctx.eval_y), name=f"train {spec.label} seed {seed}", progress=progress)
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
-                "logits": logits, "train_seconds": secs}
+                "train_seconds": time.perf_counter() - t0}
 
     payload, hit = ctx.store.get_or_compute(key, compute, meta=cfg)
     if hit:
         model.load_state_dict(payload["state_dict"])
     model.eval()
-    return ModelRun(spec, seed, model, payload["history"], payload["logits"], ctx.eval_y.cpu(),
-                    payload["train_seconds"], hit)
+    return model, payload, key, hit
+
+
+def model_run(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None) -> ModelRun:
+    """Train and evaluate one model, or load either from the store if this exact run was done before.
+
+    Training and evaluation are cached apart: a change of the evaluation attacks (or of their code)
+    re-attacks the stored model instead of retraining it.
+    """
+    progress = progress_default() if progress is None else progress
+    model, trained, model_key, hit = trained_model(ctx, spec, seed, progress)
+    ecfg = {"schema": SCHEMA, "model": model_key, "eval_subset": ctx.profile.eval_subset,
+            "eval_attacks": ctx.profile.eval_attacks(), "seed": seed}
+    logits, _ = ctx.store.get_or_compute(
+        artifact_key("evaluation", ecfg, EVAL_CODE, ctx.data.fingerprint),
+        lambda: evaluate.evaluate(model, ctx.eval_x, ctx.eval_y, ctx.profile.eval_attacks(), seed,
+                                  desc=f"attack {spec.label} seed {seed}" if progress else None), meta=ecfg)
+    return ModelRun(spec, seed, model, trained["history"], logits, ctx.eval_y.cpu(), trained["train_seconds"], hit)
 
 
 def training_runs(ctx: Context, specs: tuple[ModelSpec, ...] | None = None,

@@ -233,3 +233,31 @@ def test_good_configs():
     assert m.step_size == pytest.approx(0.05) and m.keep_best
     assert "PGD-5" in m.label and "L∞" in m.label
     assert isinstance(make_attack(nn.Identity(), m), PGDLinf)
+
+
+def test_cosine_schedule_decays_from_half_eps_to_zero():
+    c = AttackConfig.cosine("linf", 0.1, 20)
+    steps = [c.step_at(t) for t in range(c.steps)]
+    assert steps[0] == pytest.approx(0.05) and steps[-1] < 0.001
+    assert all(a > b for a, b in zip(steps, steps[1:])), "strictly decreasing"
+    assert sum(steps) == pytest.approx(0.05 * 20 / 2, rel=0.06), "a half cosine averages half the peak"
+    assert "cosine" in c.label
+    m = AttackConfig.madry("linf", 0.1, 20)
+    assert [m.step_at(t) for t in range(3)] == [m.step_size] * 3
+    with pytest.raises(ValueError, match="unknown step schedule 'linear'; valid: constant, cosine"):
+        AttackConfig("linf", 0.1, 10, 0.01, schedule="linear")
+
+
+def test_cosine_pgd_stays_in_threat_model_and_attacks():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    x, y = torch.rand(64, 1, 4, 4), torch.randint(0, 3, (64,))
+    for norm, eps in (("linf", 0.1), ("l2", 0.5)):
+        cfg = AttackConfig.cosine(norm, eps, 10)
+        xa = make_attack(model, cfg)(x, y, torch.Generator().manual_seed(0))
+        d = (xa - x).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert float(size.max()) <= eps * (1 + 1e-5) and xa.min() >= 0 and xa.max() <= 1
+        before = torch.nn.functional.cross_entropy(model(x), y)
+        after = torch.nn.functional.cross_entropy(model(xa), y)
+        assert after > before + 0.01

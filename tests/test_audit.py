@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from atlib import audit, audit_report, evaluate
-from atlib.attacks import AttackConfig, PGDL2, PGDLinf, attack_loss
+from atlib.attacks import AttackConfig, PGDL2, PGDLinf, attack_loss, make_attack
 from atlib.models import build_model
 from atlib.profiles import PROFILES
 from atlib.store import Store
@@ -335,14 +335,15 @@ def test_evaluation_chapter_in_smoke_book(smoke_book):
 def test_cosine_pgd_in_threat_and_diagnose_table(std_digits_mlp, digits, norm, eps):
     x, y = digits.test_x[:100], digits.test_y[:100]
     cfg = AttackConfig.madry(norm, eps, 10)
-    xa = audit_report.cosine_pgd(std_digits_mlp, cfg, eps / 2)(x, y, torch.Generator().manual_seed(0))
-    audit._check_in_threat(xa, x, cfg, "cosine")
+    cos = AttackConfig.cosine(norm, eps, 10)
+    xa = make_attack(std_digits_mlp, cos)(x, y, torch.Generator().manual_seed(0))
+    audit._check_in_threat(xa, x, cos, "cosine")
     with torch.no_grad():
         assert attack_loss(std_digits_mlp(xa), y, "ce").mean() > attack_loss(std_digits_mlp(x), y, "ce").mean() + 0.5
     s = audit.AuditSettings(main_subset=None, masking_subset=50, apgd_steps=5, restarts=2)
     rec = audit.audit_model(std_digits_mlp, x, y, cfg, s, 0)
     table = audit_report.diagnose(std_digits_mlp, x, y, cfg, rec["robust"], s, 0)
-    assert table.index[-1] == "min(APGD-CE, APGD-DLR)" and len(table) == 6
+    assert table.index[-1] == "min(APGD-CE, APGD-DLR)" and len(table) == 7
     assert table.iloc[-1, 1] == 0 and table.iloc[-1, 2] == 0  # APGD against itself: no disagreement
     assert "APGD minimum" in audit_report.diagnosis_text("m", table)
 

@@ -60,10 +60,21 @@ def test_model_run_is_cached_and_deterministic(tmp_path, monkeypatch):
     # the loaded model really is the trained one: its clean logits reproduce the stored ones
     assert torch.allclose(ex.train.predict(second.model, ctx.eval_x), second.logits["clean"], atol=1e-5)
 
-    # a code change invalidates; the recomputation on CPU reproduces the same logits exactly
-    monkeypatch.setattr(ex, "CODE", "another-code-version")
+    # an evaluation-code change re-attacks the stored model without retraining it
+    calls = []
+    real_train = ex.train.train
+    monkeypatch.setattr(ex.train, "train", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    monkeypatch.setattr(ex, "EVAL_CODE", "another-eval-code")
+    evaluated = ex.model_run(ctx, spec, 0, progress=False)
+    assert evaluated.cached and not calls, "an evaluation change must not retrain"
+    assert len(list((tmp_path / "cache").glob("evaluation-*.pt"))) == 2
+    for k in first.logits:
+        assert torch.equal(evaluated.logits[k], first.logits[k])
+
+    # a training-code change retrains; the recomputation on CPU reproduces the same logits exactly
+    monkeypatch.setattr(ex, "TRAIN_CODE", "another-code-version")
     third = ex.model_run(ctx, spec, 0, progress=False)
-    assert not third.cached
+    assert not third.cached and calls
     assert torch.equal(third.logits["clean"], first.logits["clean"])
 
 
@@ -71,7 +82,7 @@ def test_corrupt_cache_entry_is_recomputed(tmp_path):
     ctx = _tiny(tmp_path)
     spec = ctx.profile.model_specs()[0]
     first = ex.model_run(ctx, spec, 0, progress=False)
-    (path,) = list((tmp_path / "cache").glob("modelrun-*.pt"))
+    (path,) = list((tmp_path / "cache").glob("model-*.pt"))
     path.write_bytes(path.read_bytes()[:-100])  # truncated, as after a crash mid-copy
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
