@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from . import attacks, data, evaluate, models, stats, train
 from .profiles import ModelSpec, Profile, get_profile
-from .runtime import pick_device, progress_default, seed_everything
+from .runtime import pick_device, progress_default, seed_everything, strict_determinism
 from .store import Store, artifact_key, code_version
 
 SCHEMA = 2  # bump when the payload layout of a trained model or of its evaluation changes
@@ -49,6 +49,8 @@ def context(profile: str | Profile, cache_dir: str | None = None, data_root: str
     """Load the profile's data onto the device and open the store (data loading is memoised)."""
     p = get_profile(profile)
     dev = pick_device(device)
+    if os.environ.get("ATLIB_DETERMINISTIC"):
+        strict_determinism()
     d = _load_data(p.dataset, data_root, str(dev)).subset(p.train_subset)
     idx = data.eval_indices(len(d.test_y), p.eval_subset)
     return Context(p, d, d.test_x[idx.to(dev)], d.test_y[idx.to(dev)], idx, Store(cache_dir), dev)

@@ -26,6 +26,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def strict_determinism(on: bool | None = None) -> bool:
+    """Opt in to bitwise-reproducible CUDA runs (``on``, else ``$ATLIB_DETERMINISTIC=1``); returns the state.
+
+    CPU runs are already bitwise reproducible for a fixed seed and thread count. On CUDA, cuDNN's
+    autotuned convolution algorithms and atomics-based kernels (e.g. scatter-add in backward passes)
+    vary from run to run; this switches to deterministic kernels (slower, and an op that has none
+    raises an error naming it) and sets the cuBLAS workspace that deterministic matmuls need.
+    """
+    on = os.environ.get("ATLIB_DETERMINISTIC", "0") == "1" if on is None else on
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # must be set before the first cuBLAS call
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = not on  # autotuning picks algorithms by timing: not reproducible
+    torch.backends.cudnn.deterministic = on
+    return on
+
+
 def device_name(dev: torch.device) -> str:
     """Human-readable device, e.g. ``cpu (2 threads)`` or ``cuda: NVIDIA H100``."""
     if dev.type == "cuda":

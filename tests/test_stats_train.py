@@ -190,3 +190,19 @@ def test_adversarial_training_is_robust_and_shrinks_the_gap(std_digits_mlp, digi
     assert res["std"]["clean"] > 0.9 and res["at"]["clean"] > 0.9
     assert res["at"]["pgd20"] >= res["std"]["pgd20"] + 0.20, res
     assert res["at"]["gap"] < res["std"]["gap"], res
+
+
+def test_strict_determinism_switch(monkeypatch):
+    from atlib.runtime import strict_determinism
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    try:
+        assert strict_determinism(True) and torch.are_deterministic_algorithms_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        import os
+
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        monkeypatch.setenv("ATLIB_DETERMINISTIC", "0")
+        assert not strict_determinism() and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        strict_determinism(False)
