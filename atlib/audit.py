@@ -10,15 +10,8 @@ Flags (the rules are fixed here, before any number is seen; the chapter states t
 - ``pgd_ce_vs_torchattacks``: atlib PGD-CE accuracy > torchattacks PGD accuracy + 1 pp;
 - ``pgd_ce_vs_apgd`` / ``pgd_margin_vs_apgd``: an atlib PGD accuracy > min(APGD-CE, APGD-DLR) + 2 pp.
 
-Gradient-masking checks (on a smaller fixed subset, one model per kind), each against a noise
-threshold of two binomial standard errors (at least three samples, see :func:`noise_threshold`):
-
-- ``eps_not_monotone``: accuracy under L∞ PGD rises from one ε of the grid to the next;
-- ``above_chance_at_eps_0.5``: accuracy at L∞ ε = 0.5 above chance (every [0, 1] image can be moved to
-  the uniform grey image there, so a sound attack drives accuracy to chance or below);
-- ``more_steps_raise_acc`` / ``restarts_raise_acc``: PGD-many (or PGD-few with restarts) leaves *more*
-  samples robust than PGD-few;
-- ``transfer_stronger``: PGD crafted on another model (same kind, another seed) beats white-box PGD.
+Gradient-masking checks run on a smaller fixed subset, one model per kind; their rules and noise
+threshold live in :mod:`atlib.masking`.
 
 Every result is cached per model: the key holds a hash of the model's weights and structure, the
 samples, the threat model, the settings, the code of this module and of the attacks, and the
@@ -28,8 +21,6 @@ live in ``atlib.audit_report``.
 """
 from __future__ import annotations
 
-import hashlib
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from types import ModuleType
@@ -41,8 +32,9 @@ from tqdm.auto import tqdm
 
 from . import attacks, compat, evaluate, train
 from .attacks import AttackConfig
+from .masking import CHANCE_EPS, correct, masking_checks, noise_threshold, same_family  # noqa: F401 (re-exported)
 from .runtime import progress_default
-from .store import Store, artifact_key, code_version
+from .store import Store, artifact_key, code_version, model_hash, tensor_hash
 
 Tensor = torch.Tensor
 SCHEMA = 1  # bump when a payload layout changes
@@ -57,7 +49,6 @@ ATTACKS = {
 }
 TORCHATTACKS_GAP = 0.01  # atlib PGD-CE may not exceed torchattacks PGD by more than 1 pp
 APGD_GAP = 0.02  # an atlib PGD may not exceed the APGD minimum by more than 2 pp
-CHANCE_EPS = 0.5  # L∞ radius at which every [0, 1] image reaches the grey image
 
 
 class UnknownAuditProfileError(ValueError):
@@ -161,11 +152,6 @@ def run_oracle(name: str, model: nn.Module, x: Tensor, y: Tensor, cfg: AttackCon
     return torch.cat(out)
 
 
-def correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> Tensor:
-    """Per-sample bool (CPU): is ``model`` right on ``x``?"""
-    return train.predict(model, x, batch_size).argmax(1) == y.cpu()
-
-
 def worst_case(robust: Mapping[str, Tensor]) -> Tensor:
     """A sample is robust only if it survives every attack (per-sample AND, i.e. the minimum)."""
     if not robust:
@@ -191,35 +177,7 @@ def attack_flags(acc: Mapping[str, float]) -> list[str]:
     return flags
 
 
-def noise_threshold(p: float, n: int) -> float:
-    """Two binomial standard errors of an accuracy ``p`` on ``n`` samples, and at least 3 samples' worth.
-
-    Two runs of a randomly started attack on the same samples disagree on a few samples by chance; an
-    increase of accuracy within this threshold is noise, beyond it a flag.
-    """
-    if n < 1 or not 0 <= p <= 1:
-        raise ValueError(f"noise_threshold needs 0 <= p <= 1 and n >= 1 (got p={p!r}, n={n!r})")
-    return max(2 * math.sqrt(p * (1 - p) / n), 3 / n)
-
-
 # ---------------------------------------------------------------- identities for the cache
-
-def model_hash(model: nn.Module) -> str:
-    """Hash of the model's structure (its repr) and every tensor of its state dict."""
-    h = hashlib.sha256(repr(model).encode())
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
-def tensor_hash(*ts: Tensor) -> str:
-    h = hashlib.sha256()
-    for t in ts:
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:20]
-
 
 def _code(extra: Sequence[ModuleType] = ()) -> str:
     import sys
@@ -237,6 +195,15 @@ def _cached(store: Store | None, kind: str, cfg: dict[str, Any], data_fp: str, f
 
 
 # ---------------------------------------------------------------- the main table
+
+def _check_in_threat(xa: Tensor, x: Tensor, cfg: AttackConfig, who: str) -> None:
+    """An oracle's output must lie in the box and the ball, else its accuracy means nothing."""
+    d = (xa - x).flatten(1)
+    size = d.abs().amax(1) if cfg.norm == "linf" else d.norm(dim=1)
+    if xa.min() < -1e-6 or xa.max() > 1 + 1e-6 or size.max() > cfg.eps * (1 + 1e-4) + 1e-6:
+        raise RuntimeError(f"{who} left the threat model ({cfg.norm} ε={cfg.eps}): max size {float(size.max()):.4g}")
+
+
 
 def audit_model(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, settings: AuditSettings, seed: int,
                 atlib_logits: Mapping[str, Tensor] | None = None, store: Store | None = None,
@@ -278,89 +245,6 @@ def audit_model(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, se
     return {"robust": robust, "acc": acc, "flags": attack_flags(acc), "n": len(y), "cached": hit}
 
 
-def _check_in_threat(xa: Tensor, x: Tensor, cfg: AttackConfig, who: str) -> None:
-    """An oracle's output must lie in the box and the ball, else its accuracy means nothing."""
-    d = (xa - x).flatten(1)
-    size = d.abs().amax(1) if cfg.norm == "linf" else d.norm(dim=1)
-    if xa.min() < -1e-6 or xa.max() > 1 + 1e-6 or size.max() > cfg.eps * (1 + 1e-4) + 1e-6:
-        raise RuntimeError(f"{who} left the threat model ({cfg.norm} ε={cfg.eps}): max size {float(size.max()):.4g}")
-
-
-# ---------------------------------------------------------------- masking checks
-
-def masking_checks(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, settings: AuditSettings, seed: int,
-                   num_classes: int, surrogate: nn.Module | None = None, store: Store | None = None,
-                   data_fp: str = "") -> dict[str, Any]:
-    """The gradient-masking sanity checks of the module docstring on (x, y); ``surrogate`` for transfer.
-
-    Returns the raw accuracies, one record per check (``passed``, the numbers, the threshold) and the
-    list of flags.
-    """
-    if num_classes < 2:
-        raise ValueError(f"num_classes={num_classes!r}: at least 2")
-    n = len(y)
-    cfg = {"schema": SCHEMA, "model": model_hash(model), "data": tensor_hash(x, y), "threat": asdict(threat),
-           "settings": asdict(settings), "seed": seed,
-           "surrogate": model_hash(surrogate) if surrogate is not None else None}
-
-    def acc_of(m: nn.Module, c: AttackConfig, src: nn.Module | None = None) -> float:
-        xa = torch.cat([attacks.make_attack(src or m, c)(x[i:i + settings.batch_size], y[i:i + settings.batch_size],
-                                                         torch.Generator(device=x.device).manual_seed(seed + i))
-                        for i in range(0, n, settings.batch_size)])
-        return float(correct(m, xa, y).float().mean())
-
-    def compute() -> dict[str, Any]:
-        sweep = [acc_of(model, same_family(threat, "linf", e, settings.sweep_steps)) if e > 0
-                 else float(correct(model, x, y).float().mean()) for e in settings.linf_grid]
-        few = same_family(threat, threat.norm, threat.eps, settings.few_steps)
-        out: dict[str, Any] = {"linf_grid": list(settings.linf_grid), "sweep": sweep,
-                               "few": acc_of(model, few),
-                               "many": acc_of(model, same_family(threat, threat.norm, threat.eps, settings.many_steps)),
-                               "restarts": acc_of(model, replace(few, restarts=settings.restarts)),
-                               "whitebox": acc_of(model, threat)}
-        out["transfer"] = acc_of(model, threat, surrogate) if surrogate is not None else None
-        return out
-
-    raw, hit = _cached(store, "masking", cfg, data_fp, compute)
-    checks = _judge(raw, n, num_classes, settings, threat)
-    return {"raw": raw, "checks": checks, "flags": [c["flag"] for c in checks if not c["passed"]], "cached": hit}
-
-
-def same_family(threat: AttackConfig, norm: str, eps: float, steps: int) -> AttackConfig:
-    """PGD-CE at another norm/ε/step count with the step rule of ``threat`` (cosine or Madry's fixed step)."""
-    make = AttackConfig.cosine if threat.schedule == "cosine" else AttackConfig.madry
-    return make(norm, eps, steps)
-
-
-def _judge(raw: Mapping[str, Any], n: int, num_classes: int, s: AuditSettings, threat: AttackConfig) -> list[dict]:
-    """Apply the masking rules to the raw accuracies: one record per check."""
-    sym = "L∞" if threat.norm == "linf" else "L2"
-    checks = []
-    grid, sweep = raw["linf_grid"], raw["sweep"]
-    rises = [(grid[i], grid[i + 1], sweep[i + 1] - sweep[i], noise_threshold(sweep[i], n))
-             for i in range(len(grid) - 1)]
-    worst = max(rises, key=lambda r: r[2] - r[3])
-    checks.append({"flag": "eps_not_monotone", "check": "accuracy non-increasing in L∞ ε",
-                   "value": worst[2], "threshold": worst[3], "passed": all(d <= t for _, _, d, t in rises),
-                   "detail": f"largest rise {100 * worst[2]:+.1f} pp (ε {worst[0]:.3g}→{worst[1]:.3g})"})
-    chance = 1 / num_classes
-    thr = noise_threshold(chance, n)
-    checks.append({"flag": "above_chance_at_eps_0.5", "check": f"L∞ ε={CHANCE_EPS}: accuracy at or below chance",
-                   "value": sweep[-1] - chance, "threshold": thr, "passed": sweep[-1] <= chance + thr,
-                   "detail": f"{100 * sweep[-1]:.1f}% vs chance {100 * chance:.0f}%"})
-    for flag, key, what in (("more_steps_raise_acc", "many", f"PGD-{s.many_steps}"),
-                            ("restarts_raise_acc", "restarts", f"PGD-{s.few_steps} ×{s.restarts} restarts")):
-        thr = noise_threshold(raw["few"], n)
-        checks.append({"flag": flag, "check": f"{sym}: {what} no better for the model than PGD-{s.few_steps}",
-                       "value": raw[key] - raw["few"], "threshold": thr, "passed": raw[key] - raw["few"] <= thr,
-                       "detail": f"{100 * raw['few']:.1f}% → {100 * raw[key]:.1f}%"})
-    if raw.get("transfer") is not None:
-        thr = noise_threshold(raw["whitebox"], n)
-        checks.append({"flag": "transfer_stronger", "check": f"{sym}: transfer PGD-{threat.steps} weaker than white-box",
-                       "value": raw["whitebox"] - raw["transfer"], "threshold": thr,
-                       "passed": raw["transfer"] >= raw["whitebox"] - thr,
-                       "detail": f"white-box {100 * raw['whitebox']:.1f}%, transfer {100 * raw['transfer']:.1f}%"})
-    return checks
 
 
 # ---------------------------------------------------------------- a list of models

@@ -163,7 +163,7 @@ def masking_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             rows.append({"model": r["name"], "check": c["check"], "measured": c["detail"],
                          "noise threshold (pp)": round(100 * c["threshold"], 1),
                          "result": "pass" if c["passed"] else "FLAG"})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).set_index(["model", "check"])
 
 
 def sweep_figure(records: Sequence[Mapping[str, Any]], num_classes: int):

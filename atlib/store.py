@@ -124,3 +124,22 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ---------------------------------------------------------------- identities of tensors and models
+
+def model_hash(model: torch.nn.Module) -> str:
+    """Hash of the model's structure (its repr) and every tensor of its state dict."""
+    h = hashlib.sha256(repr(model).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def tensor_hash(*ts: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in ts:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]

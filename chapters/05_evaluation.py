@@ -17,19 +17,21 @@
 # Every robust accuracy in this book is an *upper bound*: it counts the samples that one attack failed
 # to break, and a weaker attack leaves more of them. A number is only as good as the attack behind it.
 # This appendix checks atlib's own batched PGD, which every chapter uses, against attacks that atlib did
-# not write, and looks for the classic signs of gradient masking (RESEARCH.md §6).
+# not write, and looks for the classic signs of gradient masking.
 #
 # **atlib's attack.** Every robust accuracy in the book comes from atlib's PGD: random start, CE or margin
-# loss, the per-sample best iterate kept, and a step size decayed on a half cosine from $\varepsilon/2$ to 0
+# loss, the per-sample best iterate kept, and a step size decayed on a half cosine from $\varepsilon/2$ to $0$
 # over the steps (large exploratory steps first, fine steps last). An earlier version used the fixed step
-# $2.5\varepsilon/\text{steps}$ of Madry et al.; this audit flagged it (APGD left it more than 2 pp behind on
+# {glue:text}`madry_step`$\,\varepsilon/\text{steps}$ of {cite:t}`madry2018towards`; this audit flagged it (APGD left it
+# more than {glue:text}`apgd_gap` pp behind on
 # one model, and the diagnosis below traced the gap to the step size), and the fix went into
 # `atlib/attacks.py`, not into the rules.
 #
-# **The oracles.** From the independent library `torchattacks`: its PGD (L∞) or PGDL2 (L2) with atlib's
-# $\varepsilon$ and number of steps and the fixed step $2.5\varepsilon/\text{steps}$ (torchattacks has no step
+# **The oracles.** From the independent library `torchattacks` {cite:p}`kim2020torchattacks`: its PGD (L∞) or
+# `PGDL2` (L2) with atlib's $\varepsilon$ and number of steps and the fixed step
+# {glue:text}`madry_step`$\,\varepsilon/\text{steps}$ (torchattacks has no step
 # schedule; that atlib's PGD equals torchattacks' *exactly* with identical settings and starts is a test of
-# the suite), and its APGD (Croce & Hein 2020, the
+# the suite), and its APGD ({cite:t}`croce2020reliable`, the
 # gradient attack of AutoAttack) with two losses, cross-entropy (APGD-CE) and the difference of logits
 # ratio (APGD-DLR),
 # $\mathrm{DLR}(z, y) = -\dfrac{z_y - \max_{j\neq y} z_j}{z_{(1)} - z_{(3)}}$,
@@ -45,8 +47,8 @@
 #
 # **The rules, fixed before the numbers.** A model is *flagged* when
 #
-# 1. atlib PGD-CE reports more than **1 pp** above torchattacks PGD with the same $\varepsilon$ and steps, or
-# 2. atlib PGD-CE or atlib PGD-margin reports more than **2 pp** above $\min(\text{APGD-CE}, \text{APGD-DLR})$.
+# 1. atlib PGD-CE reports more than **{glue:text}`ta_gap` pp** above torchattacks PGD with the same $\varepsilon$ and steps, or
+# 2. atlib PGD-CE or atlib PGD-margin reports more than **{glue:text}`apgd_gap` pp** above $\min(\text{APGD-CE}, \text{APGD-DLR})$.
 #
 # Each model is attacked under its own threat model, as in chapter 02: the L2-AT models under L2, all
 # other models under L∞. A flag is reported, and explained below; it is never hidden by loosening a rule.
@@ -67,6 +69,10 @@ from atlib import experiments as ex
 
 ctx = ex.context(profile, cache_dir, data_root, device)
 S = audit.get_settings(ctx.profile.name)
+report.glue_setting(ctx)  # the numbers the prose below quotes
+for name, value in {"ta_gap": f"{100 * audit.TORCHATTACKS_GAP:g}", "apgd_gap": f"{100 * audit.APGD_GAP:g}",
+                    "chance_eps": f"{audit.CHANCE_EPS:g}", "few_steps": S.few_steps, "many_steps": S.many_steps}.items():
+    report.glue(name, value)
 report.setting_table(ctx)
 
 # %% [markdown]
@@ -89,7 +95,7 @@ ar.attack_table(records, S)
 # %% [markdown]
 # ## Robust accuracy under every attack
 #
-# Accuracy in percent, mean ± half-width of the 95% Student-t interval over seeds, per kind of model.
+# Accuracy in percent, mean ± half-width of the {glue:text}`ci` Student-t interval over seeds, per kind of model.
 # The last accuracy column is the worst case over all five attacks (per sample).
 
 # %%
@@ -114,11 +120,12 @@ ar.model_table(records)
 #
 # - **monotone in ε**: accuracy under L∞ PGD-CE does not rise from one $\varepsilon$ of the grid to the
 #   next;
-# - **chance at ε = 0.5**: at L∞ $\varepsilon = 0.5$ every image in $[0,1]$ can be moved to the uniform
-#   grey image, so all inputs can be made identical and a sound attack drives accuracy to chance (1/K) or
+# - **chance at ε = {glue:text}`chance_eps`**: at L∞ ε = {glue:text}`chance_eps` every image in $[0,1]$ can be moved to the uniform
+#   grey image, so all inputs can be made identical and a sound attack drives accuracy to chance ($1/K$) or
 #   below; anything above proves the attack weak;
-# - **more steps** (10 → 50) and **restarts** (PGD-10 with several random restarts, the best iterate
-#   kept) do not leave *more* samples robust than PGD-10;
+# - **more steps** ({glue:text}`few_steps` → {glue:text}`many_steps`) and **restarts** (PGD-{glue:text}`few_steps`
+#   with several random restarts, the best iterate kept) do not leave *more* samples robust than
+#   PGD-{glue:text}`few_steps`;
 # - **transfer is weaker than white-box**: adversarial examples crafted with the main PGD attack on
 #   another model of the same kind (the next seed) and evaluated on this one break fewer samples than the
 #   white-box attack does.
@@ -157,7 +164,7 @@ display(Markdown(ar.verdict_text(records)))
 # count, per sample, how many samples each variant leaves robust although an APGD breaks them, and the
 # reverse. Noise is two-sided (both counts similar); a weaker attack is one-sided. The variants: random
 # restarts (more starting points), the cosine step schedule with the CE and the margin loss, and the
-# margin loss with restarts. If a variant lands within the 2 pp margin, the fix belongs in
+# margin loss with restarts. If a variant lands within the {glue:text}`apgd_gap` pp margin, the fix belongs in
 # `atlib/attacks.py` (as the cosine schedule did), not in the flag.
 
 # %%

@@ -181,26 +181,33 @@ def test_attack_under_no_grad_context():
 # ---------------------------------------------------------------- torchattacks as an oracle
 
 def test_matches_torchattacks_pgd(std_digits_mlp, digits):
+    """Same algorithm as torchattacks' PGD: identical iterates, up to a rare sign flip of a ~0 gradient entry.
+
+    atlib sums the loss over the batch, torchattacks averages it: the gradients differ by a factor and in
+    float rounding, so a gradient entry within rounding of zero can take the other sign and that sample's
+    trajectory then diverges (seen on 1 of 200 samples at 5+ steps, on some CPUs only). So: the first steps
+    are identical for every sample, later ones for all but a few, and robust accuracy agrees within a sample.
+    """
     atlib.compat.import_torchvision()
     import torchattacks
 
     model = std_digits_mlp.eval()
     x, y = digits.test_x[:200], digits.test_y[:200]
-    eps, alpha, steps = 0.1, 0.02, 10
-    ours = pgd_linf(model, x, y, eps, steps, step_size=alpha, loss="ce", keep_best=False, random_start=False)
-    oracle = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
-    assert (oracle - x).abs().max() <= eps + 1e-6
-    with torch.no_grad():
-        z_ours, z_oracle = model(ours), model(oracle)
-    l_ours = nn.functional.cross_entropy(z_ours, y, reduction="none")
-    l_oracle = nn.functional.cross_entropy(z_oracle, y, reduction="none")
-    assert torch.all(l_ours >= l_oracle - 1e-4)
-    acc_ours = (z_ours.argmax(1) == y).float().mean()
-    acc_oracle = (z_oracle.argmax(1) == y).float().mean()
-    assert acc_ours <= acc_oracle
+    eps, alpha = 0.1, 0.02
+    for steps in (1, 2, 10):
+        ours = pgd_linf(model, x, y, eps, steps, step_size=alpha, loss="ce", keep_best=False, random_start=False)
+        oracle = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y)
+        assert (oracle - x).abs().max() <= eps + 1e-6
+        same = (ours - oracle).flatten(1).abs().amax(1) < 1e-6
+        assert same.float().mean() >= (1.0 if steps <= 2 else 0.97), f"PGD-{steps}: {int((~same).sum())} samples differ"
+        with torch.no_grad():
+            z_ours, z_oracle = model(ours), model(oracle)
+        acc_ours = (z_ours.argmax(1) == y).float().mean()
+        acc_oracle = (z_oracle.argmax(1) == y).float().mean()
+        assert abs(acc_ours - acc_oracle) <= 1 / len(y) + 1e-9
+    assert acc_ours < 0.6, "PGD-10 at ε=0.1 must break most of a standard digits MLP (else the test compares no-ops)"
     with torch.no_grad():
         assert acc_ours < (model(x).argmax(1) == y).float().mean() - 0.2  # the attack bites at all
-    assert (ours - oracle).abs().max() < 1e-5  # same algorithm from the same start: the same points
 
 
 # ---------------------------------------------------------------- bad inputs

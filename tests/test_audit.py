@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from atlib import audit, audit_report, evaluate
+from atlib import audit, audit_report, evaluate, masking
 from atlib.attacks import AttackConfig, PGDL2, PGDLinf, attack_loss, make_attack
 from atlib.models import build_model
 from atlib.profiles import PROFILES
@@ -170,11 +170,11 @@ def test_attack_flags():
 
 
 def test_noise_threshold():
-    assert audit.noise_threshold(0.5, 400) == pytest.approx(0.05)
-    assert audit.noise_threshold(0.0, 500) == pytest.approx(3 / 500)  # floor: three samples
+    assert masking.noise_threshold(0.5, 400) == pytest.approx(0.05)
+    assert masking.noise_threshold(0.0, 500) == pytest.approx(3 / 500)  # floor: three samples
     for p, n in ((-0.1, 10), (1.1, 10), (0.5, 0)):
         with pytest.raises(ValueError, match="noise_threshold"):
-            audit.noise_threshold(p, n)
+            masking.noise_threshold(p, n)
 
 
 # ---------------------------------------------------------------- masking checks
@@ -207,10 +207,10 @@ def test_judge_rules_on_synthetic_numbers():
     threat = AttackConfig.madry("linf", 0.1, 20)
     good = {"linf_grid": list(s.linf_grid), "sweep": [0.9, 0.7, 0.5, 0.2, 0.05, 0.0],
             "few": 0.5, "many": 0.49, "restarts": 0.48, "whitebox": 0.5, "transfer": 0.6}
-    assert all(c["passed"] for c in audit._judge(good, 500, 10, s, threat))
+    assert all(c["passed"] for c in masking._judge(good, 500, 10, s, threat))
 
     def flags(**kw):
-        return [c["flag"] for c in audit._judge(good | kw, 500, 10, s, threat) if not c["passed"]]
+        return [c["flag"] for c in masking._judge(good | kw, 500, 10, s, threat) if not c["passed"]]
 
     assert flags(sweep=[0.9, 0.7, 0.5, 0.6, 0.05, 0.0]) == ["eps_not_monotone"]
     assert flags(sweep=[0.9, 0.7, 0.5, 0.4, 0.3, 0.3]) == ["above_chance_at_eps_0.5"]
