@@ -1,0 +1,296 @@
+"""Chapter 04: every target ablation keeps what it claims and destroys what it claims (the identity must
+fail the destroy checks), the distillation loss and its large-T limit, the verdict rule, error paths, and
+the rendered chapter (it must not retrain chapter 02's teachers)."""
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from atlib import distill as D
+from atlib import distill_report as rep
+from atlib import distill_runs as dr
+from atlib import distill_targets as dt
+from atlib import experiments as ex
+from atlib import stats
+from atlib.profiles import DistillSettings
+
+N, K = 4000, 10
+
+
+@pytest.fixture(scope="module")
+def teachers():
+    """Synthetic teachers with a realistic structure: AT logits small, standard logits larger and
+    correlated with them, labels mostly equal to the AT argmax."""
+    g = torch.Generator().manual_seed(0)
+    at = torch.randn(N, K, generator=g) * 1.5
+    std = 2.5 * at + torch.randn(N, K, generator=g) * 2.0
+    y = at.argmax(1).clone()
+    flip = torch.rand(N, generator=g) < 0.2
+    y[flip] = torch.randint(0, K, (int(flip.sum()),), generator=g)
+    return dt.TeacherLogits(at, std, y)
+
+
+def identity(t, T, seed=0):
+    return dt.soften(t.at, T)
+
+
+def top(p):
+    return p.max(dim=1)
+
+
+def nonmax_sorted(p):
+    """Each sample's non-max probabilities, sorted (the multiset)."""
+    return p.scatter(1, p.argmax(1, keepdim=True), -1.0).sort(dim=1).values[:, 1:]
+
+
+def check_destroys_order(fn, t, T=4.0):
+    """The shuffle's destroy check: over many samples, the non-max ordering has Kendall τ ≈ 0 with AT's."""
+    tau = float(dt.nonmax_kendall(dt.soften(t.at, T), fn(t, T, 0)).mean())
+    assert abs(tau) < 0.05, f"non-max ordering kept: mean Kendall τ = {tau:.3f}"
+
+
+# ------------------------------------------------------------------------------------ keeps / destroys
+@pytest.mark.parametrize("T", [1.0, 4.0, 30.0])
+def test_every_ablation_is_a_distribution_and_pure(teachers, T):
+    for name in dt.ABLATIONS:
+        p = dt.targets(name, teachers, T, seed=3)
+        assert p.shape == (N, K) and p.dtype == torch.float64
+        assert torch.all(p >= 0) and torch.allclose(p.sum(1), torch.ones(N, dtype=torch.float64), atol=1e-9), name
+        assert torch.equal(p, dt.targets(name, teachers, T, seed=3)), f"{name} is not deterministic for a seed"
+
+
+def test_full_and_standard_are_the_softened_teachers(teachers):
+    assert torch.allclose(dt.full(teachers, 4.0), torch.softmax(teachers.at.double() / 4, 1))
+    assert torch.allclose(dt.standard_teacher(teachers, 4.0), torch.softmax(teachers.std.double() / 4, 1))
+    assert not torch.allclose(dt.full(teachers, 4.0), dt.full(teachers, 30.0)), "T matters"
+
+
+def test_standard_rescaled_keeps_std_ordering_and_takes_at_mean_confidence(teachers):
+    T = 4.0
+    p, std, at = dt.standard_rescaled(teachers, T), dt.soften(teachers.std, T), dt.soften(teachers.at, T)
+    assert torch.equal(p.argsort(1), std.argsort(1)), "every sample keeps the standard ordering"
+    # one temperature for all samples: the confidence ranking is nearly (not exactly) kept
+    assert dt.spearman(top(p).values, top(std).values) > 0.95
+    assert float(top(p).values.mean()) == pytest.approx(float(top(at).values.mean()), abs=1e-6)
+    assert float(top(std).values.mean()) > float(top(at).values.mean()) + 0.05, "the mean actually moved"
+
+
+def test_hard_labels_are_one_hot_and_marked_plain_ce(teachers):
+    p = dt.hard_labels(teachers, 4.0)
+    assert torch.equal(p.argmax(1), teachers.labels) and torch.all(p.max(1).values == 1)
+    assert dt.ABLATIONS["hard_labels"].plain_ce and not dt.ABLATIONS["full"].plain_ce
+
+
+def test_uniform_nonmax_keeps_top_exactly_and_flattens_the_rest(teachers):
+    T = 4.0
+    ref, p = dt.soften(teachers.at, T), dt.uniform_nonmax(teachers, T)
+    assert torch.equal(p.argmax(1), ref.argmax(1))
+    assert torch.equal(top(p).values, top(ref).values), "top probability kept exactly"
+    rest = nonmax_sorted(p)
+    assert float(rest.var(dim=1).max()) < 1e-30, "zero variance among the non-max probabilities"
+    assert float(nonmax_sorted(ref).var(dim=1).mean()) > 1e-4, "the reference had some"
+
+
+def test_shuffle_nonmax_keeps_values_and_destroys_the_ordering(teachers):
+    T = 4.0
+    ref, p = dt.soften(teachers.at, T), dt.shuffle_nonmax(teachers, T, seed=0)
+    assert torch.equal(p.argmax(1), ref.argmax(1)), "argmax kept"
+    assert torch.equal(top(p).values, top(ref).values), "top probability kept exactly"
+    assert torch.equal(nonmax_sorted(p), nonmax_sorted(ref)), "the multiset of the rest kept"
+    check_destroys_order(dt.shuffle_nonmax, teachers, T)
+    # the permutation is drawn once per seed: same seed, same target (every epoch); another seed differs
+    assert torch.equal(p, dt.shuffle_nonmax(teachers, T, seed=0))
+    assert not torch.equal(p, dt.shuffle_nonmax(teachers, T, seed=1))
+
+
+def test_the_order_check_fails_on_the_identity(teachers):
+    """The destroy check is not vacuous: the identity keeps the ordering (τ = 1) and must fail it."""
+    assert float(dt.nonmax_kendall(dt.soften(teachers.at, 4.0), identity(teachers, 4.0)).mean()) == pytest.approx(1.0)
+    with pytest.raises(AssertionError, match="ordering kept"):
+        check_destroys_order(identity, teachers)
+
+
+def test_uniform_confidence_keeps_ordering_and_removes_sample_confidence(teachers):
+    for T in (4.0, 30.0):
+        ref, p = dt.soften(teachers.at, T), dt.uniform_confidence(teachers, T)
+        assert torch.equal(p.argsort(1), ref.argsort(1)), "every sample's full ordering kept"
+        m = float(top(ref).values.mean())
+        assert torch.allclose(top(p).values, torch.full((N,), m, dtype=torch.float64), atol=1e-9), "top = population mean"
+        assert float(top(ref).values.std()) > 0.001, "the reference varied from sample to sample"
+    # and the ratio-keeping construction would have broken the ordering on some samples
+    assert dt.ratio_rescale_inverts(dt.soften(teachers.at, 1.0), 0.3) > 0
+
+
+def test_smoothed_labels_match_at_mean_confidence(teachers):
+    T = 4.0
+    p, m = dt.smoothed_labels(teachers, T), float(top(dt.soften(teachers.at, T)).values.mean())
+    assert torch.equal(p.argmax(1), teachers.labels)
+    assert torch.allclose(top(p).values, torch.full((N,), m, dtype=torch.float64), atol=1e-12)
+    assert float(nonmax_sorted(p).var(1).max()) < 1e-30, "no incorrect-class information"
+
+
+def test_swap_confidence_takes_at_ordering_and_std_confidence(teachers):
+    T = 4.0
+    at, p = dt.soften(teachers.at, T), dt.swap_confidence(teachers, T)
+    want = top(dt.standard_rescaled(teachers, T)).values
+    assert torch.equal(p.argsort(1), at.argsort(1)), "AT's ordering kept"
+    assert torch.allclose(top(p).values, want, atol=1e-9), "the standard teacher's (rescaled) confidence"
+    rho_at = dt.spearman(top(p).values, top(at).values)
+    assert rho_at < 0.95 and rho_at == pytest.approx(dt.spearman(want, top(at).values), abs=1e-6), \
+        "AT's own confidence pattern is replaced"
+
+
+def test_properties_report_what_is_kept(teachers):
+    pr = dt.properties(dt.shuffle_nonmax(teachers, 4.0), teachers, 4.0)
+    assert pr["argmax_eq_at"] == 1.0 and pr["rho_top_at"] == pytest.approx(1.0) and abs(pr["tau_nonmax_at"]) < 0.05
+    pr = dt.properties(dt.uniform_confidence(teachers, 4.0), teachers, 4.0)
+    assert pr["tau_nonmax_at"] == pytest.approx(1.0) and pr["sd_top"] < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ loss
+def test_loss_is_zero_when_student_equals_teacher():
+    z = torch.randn(64, K, generator=torch.Generator().manual_seed(1)) * 3
+    for T in (1.0, 4.0, 30.0):
+        loss = D.distill_loss(z, torch.softmax(z / T, 1), None, T, alpha=1.0)
+        assert abs(float(loss)) < 1e-4  # float32 rounding, times T²
+        assert abs(float(D.distill_loss(z + 5.0, torch.softmax(z / T, 1), None, T))) < 1e-4, "a common shift is free"
+    assert float(D.distill_loss(-z, torch.softmax(z / 4, 1), None, 4.0)) > 0.1
+
+
+def test_loss_gradient_at_large_T_is_the_centred_logit_difference_over_K():
+    g = torch.Generator().manual_seed(2)
+    # float64 and T = 1e4: the first-order (Hinton) limit is then exact to ~|z|/T ≈ 1e-3 relative, far above
+    # rounding, so the comparison measures the limit, not float32 noise
+    zt = torch.randn(32, K, generator=g, dtype=torch.float64) * 3
+    zs = (torch.randn(32, K, generator=g, dtype=torch.float64) * 3).requires_grad_(True)
+    T = 1e4
+    D.distill_loss(zs, torch.softmax(zt / T, 1), None, T).backward()
+    centred = (zs - zs.mean(1, keepdim=True)) - (zt - zt.mean(1, keepdim=True))
+    want = centred.detach() / K / len(zs)  # batchmean: averaged over the batch
+    scale = float(want.abs().max())
+    assert torch.allclose(zs.grad, want, rtol=0, atol=1e-2 * scale)
+    # ARD's element-wise mean is the batchmean divided by K: K times smaller gradients
+    batchmean_grad, zs.grad = zs.grad.clone(), None
+    D.distill_loss(zs, torch.softmax(zt / T, 1), None, T, reduction="mean").backward()
+    assert torch.allclose(zs.grad * K, batchmean_grad, rtol=1e-9, atol=0)
+    assert torch.allclose(zs.grad * K, want, rtol=0, atol=1e-2 * scale)
+    zs, zt = zs.float(), zt.float()
+    # at T = 1 the gradient is bounded (softmax difference), at large T it is not
+    big = zs.detach() * 100
+    g1 = torch.autograd.functional.jacobian(lambda z: D.distill_loss(z, torch.softmax(zt, 1), None, 1.0), big)
+    gT = torch.autograd.functional.jacobian(lambda z: D.distill_loss(z, torch.softmax(zt / T, 1), None, T), big)
+    assert float(g1.abs().max()) <= 1.0 / len(zs) + 1e-6 < float(gT.abs().max())
+
+
+def test_alpha_zero_is_plain_cross_entropy():
+    z, y = torch.randn(16, K), torch.randint(0, K, (16,))
+    loss = D.distill_loss(z, torch.softmax(torch.randn(16, K), 1), y, 4.0, alpha=0.0)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(z, y))
+
+
+def test_students_pair_by_seed_and_train(digits):
+    """A short distillation reduces the loss and follows its teacher; the same seed gives the same student."""
+    from atlib.models import build_model
+    from atlib.runtime import seed_everything
+
+    x, y = digits.train_x[:512], digits.train_y[:512]
+    tgt = torch.softmax(torch.nn.functional.one_hot(y, 10).float() * 2, 1)
+    cfg = D.DistillConfig(4.0, 1.0, 8, 64, 0.05)
+    outs = []
+    for _ in range(2):
+        seed_everything(0)
+        m = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 32)
+        h = D.distill(m, x, tgt, y, cfg, seed=0, progress=False)
+        outs.append(torch.cat([p.flatten() for p in m.parameters()]))
+    assert h[-1]["train_loss"] < h[0]["train_loss"] and h[-1]["target_argmax_agreement"] > 0.8
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_survivors_only_attack_the_alive_and_never_revive(std_digits_mlp, digits):
+    from atlib.attacks import AttackConfig
+
+    x, y = digits.test_x[:100], digits.test_y[:100]
+    alive = torch.zeros(100, dtype=torch.bool)
+    assert not D.survivors(std_digits_mlp, x, y, alive, AttackConfig.cosine("linf", 0.1, 5), 0).any()
+    alive = D.correct(std_digits_mlp, x, y)
+    out = D.survivors(std_digits_mlp, x, y, alive, AttackConfig.cosine("linf", 0.5, 10), 0)
+    assert not (out & ~alive).any() and out.sum() < alive.sum()
+
+
+# --------------------------------------------------------------------------------------- rule and errors
+@pytest.mark.parametrize("mean,hw,n,outcome", [
+    (-0.15, 0.03, 3, "removes robustness"),
+    (-0.06, 0.03, 3, "reduces robustness"),
+    (-0.01, 0.02, 3, "keeps robustness"),
+    (0.10, 0.03, 3, "raises robustness"),
+    (-0.05, 0.10, 3, "inconclusive"),
+    (-0.30, math.nan, 1, "inconclusive"),
+])
+def test_classify_applies_the_rule(mean, hw, n, outcome):
+    assert rep.classify(stats.Interval(mean, hw, n), remove=0.10, equiv=0.05) == outcome
+
+
+def test_error_paths(teachers):
+    with pytest.raises(dt.UnknownAblationError, match="unknown ablation 'sharpen'.*full.*shuffle_nonmax"):
+        dt.targets("sharpen", teachers, 4.0)
+    for bad in (0, -1.0, math.inf, math.nan, "4", True):
+        with pytest.raises(ValueError, match="bad temperature"):
+            dt.targets("full", teachers, bad)
+    with pytest.raises(ValueError, match="bad temperature"):
+        D.distill_loss(torch.zeros(2, 3), torch.full((2, 3), 1 / 3), None, 0.0)
+    with pytest.raises(ValueError, match="labels are needed"):
+        D.distill_loss(torch.zeros(2, 3), torch.full((2, 3), 1 / 3), None, 2.0, alpha=0.5)
+    with pytest.raises(ValueError, match="unknown reduction"):
+        D.distill_loss(torch.zeros(2, 3), torch.full((2, 3), 1 / 3), None, 2.0, reduction="sum")
+    with pytest.raises(ValueError, match="two \\(N, K\\) tensors"):
+        dt.TeacherLogits(torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(4))
+    with pytest.raises(ValueError, match="one lr per temperature"):
+        DistillSettings(temperatures=(4.0, 30.0), lrs=(0.01,))
+    with pytest.raises(ValueError, match="end at L∞ 0.5"):
+        DistillSettings(sweep_eps=(0.2, 0.3))
+    with pytest.raises(ValueError, match="not one of this profile's temperatures"):
+        DistillSettings().lr_at(7.0)
+
+
+# ----------------------------------------------------------------------------- the chapter, end to end
+def test_chapter_page_and_summary_section(smoke_book):
+    html = (smoke_book["out"] / "_build" / "html" / "04_distillation.html").read_text()
+    assert "Traceback" not in html and "The verdict rule, fixed before the numbers" in html
+    assert len(re.findall(r'<img[^>]+src="([^"]+\.png)"', html)) >= 3
+    s = json.loads(smoke_book["summary"].read_text())["distillation"]
+    from atlib.profiles import get_profile
+
+    p = get_profile("smoke")
+    n_cfg = 1 + (len(dt.ABLATIONS) - 1) * len(p.distill.temperatures)
+    assert len(s["students"]) == n_cfg * len(p.seeds) and len(s["pgd_at_students"]) == len(p.seeds)
+    for r in s["students"]:
+        assert set(r) >= {"ablation", "T", "alpha", "seed", "clean_acc", "robust_acc", "masking_flag"}
+        assert set(r["robust_acc"]) >= {"pgd_ce", "pgd_margin"} and isinstance(r["masking_flag"], bool)
+        assert 0 <= r["robust_acc"]["pgd_ce"] <= r["clean_acc"] <= 1
+    assert len(s["by_config"]) == len(dt.ABLATIONS) * len(p.distill.temperatures)
+    for row in s["by_config"]:
+        assert row["verdict"] in rep.OUTCOMES + ("reference",)
+        assert set(row["robust"]) == {"mean", "ci", "half_width", "n"}
+    assert set(s["verdict"]["by_T"]) == {f"{T:g}" for T in p.distill.temperatures}
+
+
+def test_chapter_does_not_retrain(smoke_book, monkeypatch):
+    ctx = ex.context("smoke", cache_dir=str(smoke_book["cache"]), device="cpu")
+    assert all(r.cached for r in ex.training_runs(ctx, progress=False))
+
+    def no_training(*a, **k):
+        raise AssertionError("chapter 04 must not train on a warm cache")
+
+    monkeypatch.setattr("atlib.train.train", no_training)
+    monkeypatch.setattr("atlib.distill.distill", no_training)
+    grid = dr.run_grid(ctx, progress=False)
+    assert all(r.cached for r in grid.students + grid.ceiling)
+    # the teachers are chapter 02's models: same weights as model_run's
+    for seed in ctx.profile.seeds:
+        at = ex.model_run(ctx, ctx.profile.main_at, seed, progress=False)
+        assert torch.equal(grid.outputs[seed].at, dr.train.predict(at.model, ctx.data.train_x))
+    # hard_labels is one set of students, shared by every T
+    hard = [r for r in grid.students if r.ablation == "hard_labels"]
+    assert len(hard) == len(ctx.profile.seeds) and all(r.T is None and r.alpha == 0 for r in hard)
