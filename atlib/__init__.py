@@ -1,7 +1,8 @@
 """atlib: the helpers behind atbook, the executable re-run of arXiv 2108.12001.
 
 Layers, each importing only those below it:
-``__main__``/``book`` → ``profiles``/``experiments``/``report`` → ``train``/``evaluate`` →
+``__main__``/``book``/``pages``/``sphinx_ext`` → ``profiles``/``experiments``/``report``/``claims`` →
+``train``/``evaluate`` →
 ``attacks``/``models``/``data``/``store``/``plots`` → ``stats``/``compat``/``runtime``.
 """
 

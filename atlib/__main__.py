@@ -1,4 +1,4 @@
-"""``python -m atlib {book,compute}``: build the executed book, or fill the cache without notebooks."""
+"""``python -m atlib {book,html,compute}``: build the executed book, re-render it, or fill the cache without notebooks."""
 from __future__ import annotations
 
 import argparse
@@ -17,18 +17,27 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--data-root", default=None, help="dataset folder (default $ATLIB_DATA, system paths, download)")
     common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     b = sub.add_parser("book", parents=[common], help="execute the chapters with papermill and build the HTML book")
-    b.add_argument("--out", default=None, help="output folder (default: book/, the published book)")
+    b.add_argument("--out", default=None, help=f"output folder (default: book/, the published book, for "
+                                               f"{DEFAULT_PROFILE}; _build/books/<profile>/ for any other profile)")
     b.add_argument("--no-html", action="store_true", help="execute the chapters and write summary.json only")
+    b.add_argument("--no-record", action="store_true",
+                   help="do not copy summary.json to results/<profile>/summary.json (read by the claims ledger)")
+    h = sub.add_parser("html", help="build the HTML of an executed book without executing anything (refreshes the "
+                                    "hand-written pages and the claims ledger)")
+    h.add_argument("--out", default=None, help="the executed book's folder (default: book/)")
     sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")
     args = ap.parse_args(argv)
 
-    from .book import BookError, run_book
+    from .book import BookError, render_book, run_book
     from .data import DataNotFoundError
     from .profiles import UnknownProfileError
 
     try:
         if args.cmd == "book":
-            run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html)
+            run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html,
+                     record=not args.no_record)
+        elif args.cmd == "html":
+            print(f"HTML: {render_book(args.out) / 'index.html'}")
         else:
             from .experiments import compute_all
 

@@ -1,8 +1,11 @@
 """The book runner: chapters (jupytext .py) → papermill-executed notebooks → summary.json → HTML.
 
 Chapters are taken in ``_toc.yml`` order; an entry ``NN_name`` is executed from
-``chapters/NN_name.py``, any other entry (the intro) is a static page copied from ``book/``. Executed
-notebooks go to the output folder (default ``book/``), never beside their ``.py`` sources.
+``chapters/NN_name.py``, ``claims`` is the generated claims ledger, any other entry is a hand-written
+page from ``pages/``. Executed notebooks go to the output folder, never beside their ``.py`` sources:
+``book/`` (the published book) for the default profile, ``_build/books/<profile>/`` for any other.
+A finished build's summary is also recorded as ``results/<profile>/summary.json`` (when asked: the CLI
+does, the tests do not), which is what the ledger of every later build reads for that profile.
 """
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .profiles import get_profile
+from . import claims, pages
+from .profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile
 from .runtime import device_name, pick_device
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,18 +60,36 @@ def chapter_sources(root: Path = REPO) -> list[Path]:
         src = root / "chapters" / f"{Path(entry).name}.py"
         if src.exists():
             srcs.append(src)
-        elif not (root / "book" / f"{entry}.md").exists():
+        elif entry not in pages.GENERATED and not (root / "pages" / f"{entry}.md").exists():
             raise BookError(f"_toc.yml lists {entry!r}, but neither chapters/{Path(entry).name}.py nor "
-                            f"book/{entry}.md exists")
+                            f"pages/{entry}.md exists (and the runner does not generate it)")
     return srcs
 
 
+def default_out(profile: str) -> Path:
+    """``book/`` (the published book) for the default profile, ``_build/books/<profile>/`` for any other."""
+    return REPO / "book" if profile == DEFAULT_PROFILE else REPO / "_build" / "books" / profile
+
+
+def check_out(profile: str, out: Path) -> None:
+    """A non-default profile never overwrites the published default book."""
+    if out.resolve() == (REPO / "book").resolve() and profile != DEFAULT_PROFILE:
+        raise BookError(f"book/ holds the published {DEFAULT_PROFILE!r} book; refusing to overwrite it with the "
+                        f"{profile!r} profile. Leave out --out (the {profile!r} book then goes to "
+                        f"{default_out(profile).relative_to(REPO)}/) or pass another folder.")
+
+
+KERNEL_SETUP = "import pandas; pandas.set_option('display.max_colwidth', None)"  # tables show whole cells
+
+
 def _kernel_dir(work: Path) -> str:
-    """A kernelspec running *this* interpreter, so the chapters see the same environment as the runner."""
+    """A kernelspec running *this* interpreter, so the chapters see the same environment as the runner; its
+    one setup line (``KERNEL_SETUP``) keeps pandas from cutting table cells at 50 characters in the book."""
     spec = work / "kernels" / "kernels" / "atbook"
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 f"--IPKernelApp.exec_lines={KERNEL_SETUP}"],
         "display_name": "atbook (Python 3)", "language": "python"}))
     return str(work / "kernels")
 
@@ -108,17 +131,14 @@ def execute_chapter(src: Path, out_dir: Path, params: dict[str, Any]) -> Path:
     return final
 
 
-def _copy_static(out: Path) -> None:
-    """Copy the book's hand-written pages (intro, bibliography, images) into a non-default output."""
-    for f in (REPO / "book").iterdir():
-        if f.is_file() and f.suffix in (".md", ".bib", ".png", ".svg", ".css"):
-            shutil.copy2(f, out / f.name)
+BOOK_SOURCES = ("atlib", "chapters", "pages", "_config.yml", "_toc.yml", "references.bib", "requirements.txt")
 
 
 def git_commit() -> str:
+    """HEAD's hash, with ``-dirty`` when the book's sources (``BOOK_SOURCES``) have uncommitted changes."""
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "atlib", "chapters"],
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", *BOOK_SOURCES],
                                capture_output=True, text=True).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -126,10 +146,11 @@ def git_commit() -> str:
 
 
 def write_summary(out: Path, base: dict[str, Any]) -> Path:
-    """Merge the chapters' sections (``results/*.json``) into ``summary.json``."""
+    """Merge the chapters' sections (``results/*.json``) into ``summary.json``, with the claims judged on them."""
     summary = dict(base)
     for sec in sorted((out / "results").glob("*.json")):
         summary.update(json.loads(sec.read_text()))
+    summary["claims"] = claims.summary_section(summary)
     path = out / "summary.json"
     path.write_text(json.dumps(summary, indent=1))
     return path
@@ -148,14 +169,31 @@ def build_html(out: Path) -> Path:
     return out / "_build" / "html"
 
 
+def provenance(p: Profile, device: str, commit: str, wall_s: float) -> pages.Provenance:
+    """The provenance box of one chapter executed for profile ``p``."""
+    subsets = ", ".join(f"{what} subset of {n}" for what, n in (("training", p.train_subset), ("evaluation", p.eval_subset))
+                        if n is not None)
+    return pages.Provenance(p.name, p.description, p.dataset + (f" ({subsets})" if subsets else ""),
+                            p.arch + (f", width {p.width}" if p.width else ""), device, tuple(p.seeds), commit,
+                            _now(), wall_s)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
 def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str | None = None,
-             data_root: str | None = None, device: str | None = None, html: bool = True) -> Path:
-    """Execute every chapter for ``profile`` into ``out`` and build the HTML; returns summary.json's path."""
+             data_root: str | None = None, device: str | None = None, html: bool = True,
+             record: bool = False) -> Path:
+    """Execute every chapter for ``profile`` into ``out`` and build the HTML; returns summary.json's path.
+
+    ``record``: after a successful build, also copy summary.json to ``results/<profile>/summary.json``.
+    """
     p = get_profile(profile)
-    out_dir = Path(out).resolve() if out is not None else REPO / "book"
+    out_dir = Path(out).resolve() if out is not None else default_out(p.name)
+    check_out(p.name, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if out_dir != REPO / "book":
-        _copy_static(out_dir)
+    pages.copy_pages(out_dir)
     results = out_dir / "results"
     shutil.rmtree(results, ignore_errors=True)
     shutil.rmtree(out_dir / "_failed", ignore_errors=True)
@@ -166,25 +204,50 @@ def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str 
     os.environ.setdefault("ATLIB_PROGRESS", "0")  # tqdm bars are noise in the rendered book
     os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)
     srcs = chapter_sources()
+    commit, started = git_commit(), _now()
+    # the kernel's device; for a CPU the machine's cores (the runner's own torch thread count may differ)
+    machine = device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     t0 = time.perf_counter()
     print(f"atbook: profile {p.name!r} on {device_name(dev)}, {len(srcs)} chapters → {out_dir}", flush=True)
+    chapters = {}
     for i, src in enumerate(srcs, 1):
         tc = time.perf_counter()
         print(f"[{i}/{len(srcs)}] {src.stem} ...", end=" ", flush=True)
         try:
-            execute_chapter(src, out_dir, params)
+            done = execute_chapter(src, out_dir, params)
         except BookError:
             print(f"FAILED after {time.perf_counter() - tc:.0f}s", flush=True)
             raise
+        prov = provenance(p, machine, commit, time.perf_counter() - tc)
+        pages.finish_chapter(done, prov, str(src.relative_to(REPO)) if src.is_relative_to(REPO) else src.name)
+        chapters[src.stem] = prov.as_dict()
         print(f"done in {time.perf_counter() - tc:.0f}s (total {time.perf_counter() - t0:.0f}s)", flush=True)
     shutil.rmtree(out_dir / "_executing", ignore_errors=True)
-    summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": device_name(dev),
-                                      "git_commit": git_commit(), "elapsed_s": round(time.perf_counter() - t0, 1)})
+    summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": machine,
+                                      "git_commit": commit, "executed_at": started,
+                                      "elapsed_s": round(time.perf_counter() - t0, 1), "chapters": chapters})
     print(f"summary: {summary}", flush=True)
+    pages.write_ledger(out_dir, json.loads(summary.read_text()), tuple(PROFILES))
     if html:
         tb = time.perf_counter()
         print("building HTML (jupyter-book, warnings are errors) ...", end=" ", flush=True)
         path = build_html(out_dir)
         print(f"done in {time.perf_counter() - tb:.0f}s", flush=True)
         print(f"HTML: {path / 'index.html'}", flush=True)
+    if record:
+        print(f"recorded: {pages.record_summary(summary, p.name)}", flush=True)
     return summary
+
+
+def render_book(out: str | os.PathLike | None = None) -> Path:
+    """Build the HTML of an already executed book (default ``book/``) without executing anything: refresh the
+    hand-written pages and the claims ledger (from ``results/*/summary.json``), then ``jupyter-book build``."""
+    out_dir = Path(out).resolve() if out is not None else REPO / "book"
+    missing = [s.stem for s in chapter_sources() if not (out_dir / f"{s.stem}.ipynb").exists()]
+    if missing:
+        raise BookError(f"{out_dir} lacks the executed notebooks of {', '.join(missing)}: run `python -m atlib book` "
+                        f"(with --out {out_dir} if it is not the default folder) first")
+    pages.copy_pages(out_dir)
+    current = out_dir / "summary.json"
+    pages.write_ledger(out_dir, json.loads(current.read_text()) if current.exists() else None, tuple(PROFILES))
+    return build_html(out_dir)

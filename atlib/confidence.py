@@ -204,7 +204,7 @@ MEASURES = {
     "distance to nearest other-class training image (L2, pixels)": "nn_other",
     "RMS contrast": "contrast",
     "mean pixel intensity": "intensity",
-    "standard model's margin z_y − max_{j≠y} z_j": "std_margin",
+    "standard model's margin (true-class logit minus the largest other)": "std_margin",
     "standard model correct (%)": "std_correct",
     "AT model correct (%)": "at_correct",
 }

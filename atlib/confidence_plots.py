@@ -1,6 +1,7 @@
 """Figures and tables of chapter 03: density scatter plots, image grids, the per-sample browser."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 
 from . import stats
 from .confidence import FAMILY_NAMES, Analysis, confidence_score, interval_of, saturated_fraction, spearman
+from .plots import BOOK_WIDTH, panel_grid
 from .report import fmt
 
 LABELS = {"std": "standard", "at": "AT", "matched": "early-stopped standard"}
@@ -122,16 +124,19 @@ def density_scatter(an: Analysis) -> plt.Figure:
               ("logit gap", "gap", [("std", i, "at", i) for i in s])]
     if len(s) > 1:
         panels.append(("top-class log-odds (null)", "log_odds", [("std", s[0], "std", s[1])]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8), squeeze=False)
-    for ax, (title, kind, pairs) in zip(axes[0], panels):
+    fig, axes = panel_grid(len(panels), 2, 3.2)
+    for ax, (title, kind, pairs) in zip(axes, panels):
         xs = torch.cat([confidence_score(an.logits[fa][i], kind) for fa, i, _, _ in pairs]).numpy()
         ys = torch.cat([confidence_score(an.logits[fb][j], kind) for _, _, fb, j in pairs]).numpy()
         hb = ax.hexbin(xs, ys, gridsize=30, bins="log", cmap="viridis", mincnt=1)
-        fig.colorbar(hb, ax=ax, label="samples (log)")
+        cb = fig.colorbar(hb, ax=ax)
+        cb.set_label("samples (log)", fontsize=8)
+        cb.ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7)
         fa, i, fb, j = pairs[0]
         seeds_txt = "same-seed pairs pooled" if len(pairs) > 1 else f"seeds {i} and {j}"
-        ax.set_xlabel(f"{LABELS[fa]}: {kind.replace('_', '-')}")
-        ax.set_ylabel(f"{LABELS[fb]}: {kind.replace('_', '-')}")
+        ax.set_xlabel(f"{LABELS[fa]}: {kind.replace('_', '-')}", fontsize=8)
+        ax.set_ylabel(f"{LABELS[fb]}: {kind.replace('_', '-')}", fontsize=8)
         rho = np.mean([spearman(confidence_score(an.logits[a][p], kind), confidence_score(an.logits[b][q], kind))
                        for a, p, b, q in pairs])
         ax.set_title(f"{title}\n{seeds_txt}; mean Spearman ρ = {rho:.3f}", fontsize=9)
@@ -157,25 +162,25 @@ def _caption(an: Analysis, i: int, fa: str, sa: int, fb: str, sb: int) -> str:
 
 
 def difference_grid(an: Analysis, a: tuple[str, int], b: tuple[str, int], n: int | None = None) -> plt.Figure:
-    """Top row: the ``n`` samples where model b is most confident relative to model a (largest rank
-    difference); bottom row: the reverse. Captions: true label, both predictions and top probabilities."""
+    """Top block: the ``n`` samples where model b is most confident relative to model a (largest rank
+    difference); bottom block: the reverse. Captions: true label, both predictions and top probabilities."""
     n = n or an.settings.n_show
     d = an.rank_difference(a, b)
     order = torch.sort(d, descending=True, stable=True).indices
     rows = {f"{LABELS[b[0]]} s{b[1]} ≫ {LABELS[a[0]]} s{a[1]}": order[:n],
             f"{LABELS[a[0]]} s{a[1]} ≫ {LABELS[b[0]]} s{b[1]}": order.flip(0)[:n]}
-    fig, axes = plt.subplots(2, n, figsize=(1.45 * n, 2 * 2.35), squeeze=False)
-    for r, (title, idx) in enumerate(rows.items()):
-        for c, i in enumerate(idx.tolist()):
-            ax = axes[r][c]
+    per_dir = math.ceil(n / 5)  # at most five images a row, the rows filled evenly
+    cols = math.ceil(n / per_dir)
+    fig = plt.figure(figsize=(BOOK_WIDTH, 2 * per_dir * 1.75 + 0.5), layout="constrained")
+    for sub, (title, idx) in zip(fig.subfigures(2, 1), rows.items()):
+        sub.suptitle(title, fontsize=9)
+        axes = list(sub.subplots(per_dir, cols, squeeze=False).flat)
+        for ax, i in zip(axes, idx.tolist()):
             _image(ax, an.images[i])
-            ax.set_title(_caption(an, i, a[0], a[1], b[0], b[1]), fontsize=6)
-            if c == 0:
-                ax.set_ylabel(title, fontsize=7)
-        for c in range(len(idx), n):
-            axes[r][c].axis("off")
-    fig.suptitle("rank difference of top-class log-odds (normalised ranks)", fontsize=8)
-    fig.tight_layout()
+            ax.set_title(_caption(an, i, a[0], a[1], b[0], b[1]), fontsize=7)
+        for ax in axes[len(idx):]:
+            ax.axis("off")
+    fig.suptitle("rank difference of top-class log-odds (normalised ranks)", fontsize=9)
     return fig
 
 
@@ -196,31 +201,34 @@ def browser_figure(an: Analysis, direction: str = "AT ≫ std", ranks: tuple[int
     idx = order[lo:hi + 1][:max_show].tolist()
     n = max(1, len(idx))
     classes = an.ctx.data.classes
-    fig, axes = plt.subplots(2, n, figsize=(2.0 * n, 4.2), squeeze=False,
-                             gridspec_kw={"height_ratios": [1, 1.1]})
+    cols = min(n, 4)
+    blocks = math.ceil(n / cols)
+    fig, grid = plt.subplots(2 * blocks, cols, figsize=(BOOK_WIDTH, 2.9 * blocks), squeeze=False,
+                             gridspec_kw={"height_ratios": [0.75, 1] * blocks})
     k = np.arange(len(classes))
     for c, i in enumerate(idx):
-        _image(axes[0][c], an.images[i])
-        axes[0][c].set_title(f"rank {lo + c} · test #{int(an.test_index[i])}\ntrue: {classes[int(an.labels[i])]}",
-                             fontsize=7)
-        ax = axes[1][c]
+        img_ax, ax = grid[2 * (c // cols)][c % cols], grid[2 * (c // cols) + 1][c % cols]
+        _image(img_ax, an.images[i])
+        img_ax.set_title(f"rank {lo + c} · test #{int(an.test_index[i])}\ntrue: {classes[int(an.labels[i])]}",
+                         fontsize=8)
         for off, fam, col in ((-0.2, "std", "#1f77b4"), (0.2, "at", "#d62728")):
             p = torch.softmax(an.logits[fam][seed][i].double(), 0).numpy()
             ax.barh(k + off, p, height=0.4, color=col, label=LABELS[fam])
         ax.set_yticks(k)
-        ax.set_yticklabels([c_[:8] for c_ in classes] if c == 0 else [], fontsize=6)
+        ax.set_yticklabels([c_[:10] for c_ in classes] if c % cols == 0 else [], fontsize=7)
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
-        ax.tick_params(axis="x", labelsize=6)
+        ax.tick_params(axis="x", labelsize=7)
+    for c in range(len(idx), blocks * cols):
+        grid[2 * (c // cols)][c % cols].axis("off")
+        grid[2 * (c // cols) + 1][c % cols].axis("off")
     if not idx:
-        axes[0][0].text(0.5, 0.5, "no sample in this range", ha="center", va="center")
-        axes[0][0].axis("off")
-        axes[1][0].axis("off")
+        grid[0][0].text(0.5, 0.5, "no sample in this range", ha="center", va="center")
     else:
-        axes[1][0].legend(fontsize=6, loc="lower right")
+        grid[1][0].legend(fontsize=7, loc="lower right")
     cname = "all classes" if cls is None else classes[cls]
     fig.suptitle(f"{direction}, {cname}, seed {seed}: softmax of the standard (blue) and AT (red) model",
-                 fontsize=8)
+                 fontsize=9)
     fig.tight_layout()
     return fig
 

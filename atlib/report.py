@@ -1,6 +1,7 @@
 """Tables and computed verdicts for the chapters: seeds aggregated with t-intervals, nothing hand-typed."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,45 @@ LOGIT_STATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "mean_centred_max_logit": stats.centred_max_logit,
     "mean_logit_gap": stats.logit_gap,
 }
+
+
+def glue(name: str, value: Any) -> None:
+    """Make ``value`` quotable in the chapter's prose as ``{glue:text}`name``` (numbers also with a format
+    spec, ``{glue:text}`name:.3g```), through myst-nb's glue; nothing is displayed. Every number the prose
+    of a chapter quotes goes through here, so re-running on another profile updates the prose."""
+    from myst_nb import glue as _glue
+
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars: store their plain repr
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"glue {name!r}: pass a number or a string (format it first), not {type(value).__name__}")
+    _glue(name, value, display=False)
+
+
+def ci_label() -> str:
+    """The confidence level of every interval in the book (``stats.mean_ci``'s default), e.g. "95%"."""
+    return f"{inspect.signature(stats.mean_ci).parameters['level'].default:.0%}"
+
+
+def t_factor(n: int) -> float:
+    """The Student-t factor of an interval over ``n >= 2`` replicates at the book's level (4.30 for n = 3 at 95%)."""
+    from scipy import stats as sps
+
+    level = inspect.signature(stats.mean_ci).parameters["level"].default
+    return float(sps.t.ppf(0.5 + level / 2, df=n - 1))
+
+
+def glue_setting(ctx: Context) -> None:
+    """Glue what every chapter's prose quotes about the setting: ``ci`` (e.g. "95%"), ``seeds``, ``n_seeds``,
+    ``n_eval``, ``dataset``, ``linf_eps``, ``l2_eps``, ``train_steps``, ``eval_steps`` and ``madry_step``
+    (the factor c of the training attack's step c·ε/steps)."""
+    p = ctx.profile
+    tr = p.train_config(p.main_at).attack
+    for name, value in {"ci": ci_label(), "seeds": ", ".join(map(str, p.seeds)), "n_seeds": len(p.seeds),
+                        "n_eval": len(ctx.eval_y), "dataset": ctx.data.name, "linf_eps": f"{p.linf_eps:.4g}",
+                        "l2_eps": f"{p.l2_eps:.4g}", "train_steps": p.train_steps, "eval_steps": p.eval_steps,
+                        "madry_step": f"{tr.step_size * tr.steps / tr.eps:.3g}"}.items():
+        glue(name, value)
 
 
 def fmt(iv: stats.Interval, digits: int = 3) -> str:

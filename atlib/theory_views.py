@@ -15,9 +15,14 @@ import pandas as pd
 import torch
 
 from . import stats, theory
+from .plots import BOOK_WIDTH, panel_grid, shared_legend
 from .report import fmt
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+CHECK_TOL = 1e-5  # the closed form must match PGD, and the binary bound be exact, to this (float64)
+BOUND_STEPS = 50  # PGD-CE steps (random start) of the shifted-logit bound check
+CONTROL_REPRODUCES = 0.5  # a control "reproduces" AT if it closes at least this fraction of the robustness gap ...
+CONTROL_NONE = 0.25  # ... with its interval above this; it gives "no" robustness if its interval lies below this
 LINEAR_STATS = {"mean_max_logit": "max logit", "mean_centred_max_logit": "centred max logit",
                 "mean_logit_gap": "logit gap", "mean_margin_correct": "margin (correct only)",
                 "weight_norm": "‖W‖_F", "clean_acc": "clean acc", "exact_robust_acc": "exact robust acc"}
@@ -63,17 +68,17 @@ def gaussian_frame(g: dict[str, Any]) -> pd.DataFrame:
 def gaussian_figure(g: dict[str, Any]) -> plt.Figure:
     rows = gaussian_rows(g)
     eps = [r["eps"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.0))
+    fig, axes = panel_grid(3, 3, 2.5)
     for ax, (pk, tk, title) in zip(axes, [("scale", "scale", "scale ‖w‖"), ("mean_margin", "mean_margin", "mean margin"),
                                           ("mean_max_logit", "mean_max_logit", "mean max logit")]):
         ax.plot(eps, [r["predicted"][pk] for r in rows], "k--", label="predicted (1-D minimisation)")
         ax.errorbar(eps, [r["trained"][tk].mean for r in rows],
                     yerr=np.nan_to_num([r["trained"][tk].half_width for r in rows]), fmt="o", color=COLORS[1],
                     capsize=3, label="trained by gradient descent")
-        ax.set_xlabel("ε (L2)")
+        ax.set_xlabel("ε (L2)", fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        ax.tick_params(labelsize=7)
+    shared_legend(fig, axes[0])
     return fig
 
 
@@ -87,18 +92,19 @@ def linear_checks(lin: dict[str, Any], x: torch.Tensor, y: torch.Tensor, n: int 
     W, b = rec["weight"].double(), rec["bias"].double()
     x, y = x[:n].flatten(1).double().cpu(), y[:n].cpu()
     err = theory.closed_form_vs_pgd(W, b, x, y, eps, "linf", True, steps)
-    multi = theory.bound_check(W, b, x, y, eps)
+    multi = theory.bound_check(W, b, x, y, eps, BOUND_STEPS)
     # binary: the two most frequent classes among the n samples, with the two rows of W
     cls = torch.bincount(y, minlength=W.shape[0]).topk(2).indices
     keep = (y == cls[0]) | (y == cls[1])
     y2 = (y[keep] == cls[1]).long()
-    binary = theory.bound_check(W[cls], b[cls], x[keep], y2, eps)
-    return {"eps": eps, "n": int(n), "classes_binary": [int(c) for c in cls],
+    binary = theory.bound_check(W[cls], b[cls], x[keep], y2, eps, BOUND_STEPS)
+    return {"eps": eps, "n": int(n), "classes_binary": [int(c) for c in cls], "tol": CHECK_TOL,
+            "bound_steps": BOUND_STEPS,
             "closed_form_vs_pgd_max_abs_err": err,
             "binary_exact_max_abs_err": binary["max_abs_diff"],
             "multiclass_max_violation": multi["max_violation"], "multiclass_mean_slack": multi["mean_gap"],
             "bound_holds": bool(multi["max_violation"] <= 1e-6 and binary["max_violation"] <= 1e-6),
-            "closed_form_matches_pgd": bool(err <= 1e-5), "binary_exact": bool(binary["max_abs_diff"] <= 1e-5)}
+            "closed_form_matches_pgd": bool(err <= CHECK_TOL), "binary_exact": bool(binary["max_abs_diff"] <= CHECK_TOL)}
 
 
 # ------------------------------------------------------------------------------------------ linear sweep
@@ -112,7 +118,7 @@ def linear_frame(lin: dict[str, Any], method: str) -> pd.DataFrame:
 def linear_figure(lin: dict[str, Any]) -> plt.Figure:
     keys = ["mean_margin_correct", "mean_logit_gap", "mean_max_logit", "mean_centred_max_logit", "weight_norm",
             "exact_robust_acc"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 2.9))
+    fig, axes = panel_grid(len(keys), 3, 2.3)
     for i, method in enumerate(METHODS):
         ser = theory.linear_series(lin, method)
         for ax, k in zip(axes, keys):
@@ -120,9 +126,9 @@ def linear_figure(lin: dict[str, Any]) -> plt.Figure:
                         yerr=np.nan_to_num([iv.half_width for iv in ser[k]]), marker="o", ms=3, capsize=2,
                         color=COLORS[i], label=METHODS[method] if k == keys[0] else None)
             ax.set_title(LINEAR_STATS[k], fontsize=9)
-            ax.set_xlabel("training ε (L∞)")
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
+            ax.set_xlabel("training ε (L∞)", fontsize=8)
+            ax.tick_params(labelsize=7)
+    shared_legend(fig, axes[0])
     return fig
 
 
@@ -163,6 +169,7 @@ def _hist_row(axes: Sequence[plt.Axes], lin: dict[str, Any], i: int, method: str
         ax.axvline(v.mean(), color="k", ls="--", lw=1)
         ax.set_title(f"{name}, ε={lin['eps'][i]:.3g} (mean {v.mean():.2f})", fontsize=8)
         ax.set_yticks([])
+        ax.tick_params(labelsize=7)
 
 
 def _edges(lin: dict[str, Any], method: str) -> dict[str, np.ndarray]:
@@ -174,7 +181,7 @@ def _edges(lin: dict[str, Any], method: str) -> dict[str, np.ndarray]:
 def slider_static(lin: dict[str, Any], method: str = "closed_form") -> plt.Figure:
     """The static version of the slider: one row of histograms per ε (seeds pooled), shared bins."""
     n = len(lin["eps"])
-    fig, axes = plt.subplots(n, 3, figsize=(10, 1.7 * n), squeeze=False, sharex="col")
+    fig, axes = plt.subplots(n, 3, figsize=(BOOK_WIDTH, 1.5 * n), squeeze=False, sharex="col")
     edges = _edges(lin, method)
     for i in range(n):
         _hist_row(axes[i], lin, i, method, edges)
@@ -196,7 +203,7 @@ def epsilon_slider(lin: dict[str, Any], method: str = "closed_form"):  # noqa: A
         drawn.append(slider.value)
         with out:
             out.clear_output(wait=True)
-            fig, axes = plt.subplots(1, 3, figsize=(10, 2.4))
+            fig, axes = plt.subplots(1, 3, figsize=(BOOK_WIDTH, 2.2))
             _hist_row(axes, lin, slider.value, method, edges)
             fig.tight_layout()
             plt.show()
@@ -212,8 +219,8 @@ def epsilon_slider(lin: dict[str, Any], method: str = "closed_form"):  # noqa: A
 # ------------------------------------------------------------------------------------------ flip radius
 
 def flip_figure(results: dict[str, list[dict[str, Any]]], eps_max: float) -> plt.Figure:
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
-    for ax, (label, per_seed) in zip(axes[0], results.items()):
+    fig, axes = panel_grid(len(results), 2, 3.4)
+    for ax, (label, per_seed) in zip(axes, results.items()):
         for i, r in enumerate(per_seed):
             p, t = r["predicted"].numpy(), r["bisection"].numpy()
             ax.scatter(p, t, s=6, alpha=0.5, color=COLORS[i % len(COLORS)], label=f"seed {i}")
@@ -221,9 +228,10 @@ def flip_figure(results: dict[str, list[dict[str, Any]]], eps_max: float) -> plt
         ax.plot([lo, eps_max], [lo, eps_max], "k--", lw=1, label="prediction = bisection")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("predicted flip radius margin / ‖∇ₓ margin‖₁")
-        ax.set_ylabel("bisection ε (PGD flips)")
+        ax.set_xlabel("predicted flip radius margin / ‖∇ₓ margin‖₁", fontsize=8)
+        ax.set_ylabel("bisection ε (PGD flips)", fontsize=8)
         ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -241,7 +249,8 @@ def flip_verdict(ss: list[dict[str, float]], rho_min: float = 0.5, ratio_band: t
     ratio = stats.mean_ci([s["median_ratio"] for s in ss])
     low = rho.low if rho.n > 1 else rho.mean
     return {"spearman": rho.as_dict(), "median_ratio": ratio.as_dict(), "ranks_well": bool(low >= rho_min),
-            "calibrated": bool(ratio_band[0] <= ratio.mean <= ratio_band[1])}
+            "calibrated": bool(ratio_band[0] <= ratio.mean <= ratio_band[1]), "rho_min": rho_min,
+            "ratio_band": list(ratio_band)}
 
 
 # ------------------------------------------------------------------------------------------ controls
@@ -261,7 +270,7 @@ def gap_closed(ctrl: list[dict[str, float]], std: list[dict[str, float]], at: li
                           for c, s, a in zip(ctrl, std, at)])
 
 
-def control_verdict(iv: stats.Interval, enough: float = 0.5, none: float = 0.25) -> str:
+def control_verdict(iv: stats.Interval, enough: float = CONTROL_REPRODUCES, none: float = CONTROL_NONE) -> str:
     """"reproduces" if the mean fraction of the robustness gap closed is ≥ ``enough`` and its interval's
     low end > ``none``; "no" if the interval's high end < ``none``; else "partial"."""
     hi = iv.high if iv.n > 1 else iv.mean

@@ -63,7 +63,7 @@
 # $a_j = \bar m_j - \bar s_j$ of the unit-scale model. For a fixed direction $U$, $L$ is convex in $c$.
 # If every $a_j > 0$ (robustly separable data) $L \to 0$ as $c\to\infty$: the scale grows without bound,
 # exactly like standard CE on separable data (the implicit bias towards the max-margin direction,
-# Soudry et al. 2018). If some $a_j<0$, their terms grow linearly in $c$ and the optimum $c^*$ is finite.
+# {cite:t}`soudry2018implicit`). If some $a_j<0$, their terms grow linearly in $c$ and the optimum $c^*$ is finite.
 # Raising $\varepsilon$ lowers every $a_j$ (by $\varepsilon\|u_y - u_j\|_q$), turns more of them negative,
 # and so *suggests* a smaller $c^*$: bounded logits and smaller gaps. That is a **heuristic**, not a
 # theorem: real pixels are not linearly separable, so $c^*$ is finite already at $\varepsilon=0$;
@@ -98,6 +98,13 @@ ctx = ex.context(profile, cache_dir, data_root, device)
 P = ctx.profile
 G, L = theory.settings(P.name)
 D = C.settings(P.name)
+GAUSS_TOL = 0.1  # section 2's rule: trained and predicted scale agree within this relative error
+CALIB_TOL = 0.15  # section 7: a control is matched to AT if its calibration gap is within this of AT's
+report.glue_setting(ctx)  # the numbers the prose below quotes
+for name, value in {"gauss_tol": f"{GAUSS_TOL:.0%}", "calib_tol": f"{CALIB_TOL:.0%}",
+                    "check_tol": f"{V.CHECK_TOL:.0e}".replace("e-0", "e-"), "bound_steps": V.BOUND_STEPS,
+                    "ctrl_enough": V.CONTROL_REPRODUCES, "ctrl_none": V.CONTROL_NONE}.items():
+    report.glue(name, value)
 report.setting_table(ctx)
 
 # %% [markdown]
@@ -115,22 +122,22 @@ report.setting_table(ctx)
 # sample a training set and train $w$ by gradient descent on the same loss, then compare scale, mean
 # margin $\mathbb{E}[y s]$ and mean max logit of the centred logits $(-s/2, s/2)$ on a fresh test sample.
 # (For this model the logistic link is well specified, so the minimiser is also
-# $2(\|\mu\|-\varepsilon)/\sigma^2$: the scale falls *linearly* to 0 at $\varepsilon = \|\mu\|$.)
+# $2(\|\mu\|-\varepsilon)/\sigma^2$: the scale falls *linearly* to $0$ at $\varepsilon = \|\mu\|$.)
 #
 # Gradient descent needs a step size below the curvature of the $\varepsilon\|w\|$ term, which is
 # $\varepsilon/\|w\|$ across the direction of $w$ and so *grows* as the scale shrinks: near
-# $\varepsilon \to \|\mu\|$ too large a step oscillates instead of converging (a development run with lr 2.0
-# missed $c^*(0.9)$ by 80% this way).
+# $\varepsilon \to \|\mu\|$ too large a step oscillates instead of converging (a development run with a larger
+# learning rate missed $c^*$ near $\varepsilon = \|\mu\|$ badly this way).
 #
 # **Rule, fixed before the numbers:** the prediction holds at an $\varepsilon$ if the seed-mean trained
-# scale is within 10% of $c^*(\varepsilon)$.
+# scale is within {glue:text}`gauss_tol` of $c^*(\varepsilon)$.
 
 # %%
 gauss = theory.gaussian_experiment(G, P.seeds)
-gv = V.gaussian_verdict(gauss, rel_tol=0.1)
+gv = V.gaussian_verdict(gauss, rel_tol=GAUSS_TOL)
 display(Markdown(f"Setting: $d={G.dim}$, $\\|\\mu\\|={G.mu_norm}$, $\\sigma={G.sigma}$, {G.n_train} training and "
                  f"{G.n_test} test points per seed, {G.steps} full-batch gradient-descent steps (momentum 0.9, "
-                 f"lr {G.lr}), seeds {', '.join(map(str, P.seeds))}; intervals are 95% t-intervals over seeds."))
+                 f"lr {G.lr}), seeds {', '.join(map(str, P.seeds))}; intervals are {report.ci_label()} t-intervals over seeds."))
 fig = V.gaussian_figure(gauss)
 _ = plots.save(fig, results_dir, "theory_gaussian")
 V.gaussian_frame(gauss)
@@ -147,12 +154,12 @@ display(Markdown(
 #
 # Linear softmax models on the flattened pixels of the profile's dataset are trained below. Before
 # looking at their logits we check the algebra on their stored weights (the closed-form model trained
-# at the largest $\varepsilon$, seed index 0, the first 200 evaluation images, float64):
+# at the largest $\varepsilon$, the first seed, the first {glue:text}`check_n` evaluation images, float64):
 #
 # - the closed-form worst pairwise margin with the box must equal what atlib's sign-step PGD
-#   (margin loss on that pair, no random start, clamped to $[0,1]$) reaches, to $10^{-5}$;
+#   (margin loss on that pair, no random start, clamped to $[0,1]$) reaches, to {glue:text}`check_tol`;
 # - in the binary case (the two most frequent classes, with their two rows of $W$) the shifted-logit
-#   CE must equal the PGD-CE-attacked loss (PGD-50, random start) to $10^{-5}$;
+#   CE must equal the PGD-CE-attacked loss (PGD-{glue:text}`bound_steps`, random start) to {glue:text}`check_tol`;
 # - in the multiclass case it must upper-bound it.
 #
 # The unit tests run the same checks on random models, for $L_2$ without the box as well, and a
@@ -161,6 +168,7 @@ display(Markdown(
 # %%
 lin = theory.cached_linear_experiment(ctx, L)
 checks = V.linear_checks(lin, ctx.eval_x, ctx.eval_y, n=200)
+report.glue("check_n", checks["n"])
 pd.DataFrame({"value": {
     "ε (L∞, with box)": f"{checks['eps']:.3g}",
     "max |closed form − PGD| of pairwise margins": f"{checks['closed_form_vs_pgd_max_abs_err']:.2e}",
@@ -175,15 +183,15 @@ pd.DataFrame({"value": {
 # ## 4. Linear models on the dataset: an $\varepsilon$ sweep
 #
 # Each model is trained from the same seeded initialisation on the first training images of the
-# profile's subset (the number is in the line below), by SGD with momentum 0.9 and weight decay, either
+# profile's subset (the number is in the line below), by SGD with momentum and weight decay, either
 # on the **closed-form worst case** (CE of the shifted logits with the exact $L_\infty$-with-box shifts:
 # exact per pair, an upper bound in the multiclass case) or by **PGD-AT** ($L_\infty$, random start,
-# step $2.5\varepsilon/\text{steps}$). Statistics are on the clean evaluation subset; "exact robust acc" is
+# step {glue:text}`madry_step`$\,\varepsilon/\text{steps}$). Statistics are on the clean evaluation subset; "exact robust acc" is
 # the certified accuracy under $L_\infty$ with the box at the training $\varepsilon$, computed from the
 # closed form (for a linear model it is the true robust accuracy, no attack needed).
 #
 # **Rule, fixed before the numbers:** a statistic *shrinks* if the seed-paired difference
-# (largest $\varepsilon$ − $\varepsilon=0$) has a 95% t-interval entirely below zero; we also report whether the
+# (largest $\varepsilon$ − $\varepsilon=0$) has a {glue:text}`ci` t-interval entirely below zero; we also report whether the
 # seed means fall monotonically across the sweep. The theory predicts shrinkage of the margin, gap,
 # centred max logit and weight norm, and nothing for the raw max logit.
 
@@ -226,21 +234,24 @@ slider = V.epsilon_slider(lin, "closed_form")  # evaluate `slider` in a live ses
 # $L_\infty$ perturbation lowers it by $\varepsilon\|\nabla_x m\|_1$, so the sample should flip at about
 # $\hat\varepsilon = m(x) / \|\nabla_x m(x)\|_1$. We compare this with the smallest $\varepsilon$ at which PGD
 # flips the sample, found by bisection on $[0, \varepsilon_{\max}]$ (each probe an $L_\infty$ PGD with the
-# margin loss, random start, step $2.5\varepsilon/\text{steps}$; a sample counts as flipped if any iterate
+# margin loss, random start, step {glue:text}`madry_step`$\,\varepsilon/\text{steps}$; a sample counts as flipped if any iterate
 # is misclassified; samples not flipped at $\varepsilon_{\max}$ are censored there). Models: chapter 02's
 # standard and main $L_\infty$-AT models, every seed, on their first correctly classified evaluation
 # images. The first-order picture ignores the box and the curvature: it should *over*estimate the
 # radius where the margin bends down faster than linearly.
 #
 # **Rule, fixed before the numbers:** the first-order prediction *ranks samples well* if the lower end
-# of the 95% t-interval over seeds of Spearman's $\rho$ is at least 0.5, and is *calibrated* if the
-# seed-mean of the median ratio bisection / predicted lies in $[0.67, 1.5]$.
+# of the {glue:text}`ci` t-interval over seeds of Spearman's $\rho$ is at least {glue:text}`flip_rho_min`, and is *calibrated* if
+# the seed-mean of the median ratio bisection / predicted lies in [{glue:text}`flip_lo`, {glue:text}`flip_hi`].
 
 # %%
 deep = {"standard": ex.training_runs(ctx, (P.model_specs()[0],)), P.main_at.label: ex.training_runs(ctx, (P.main_at,))}
 flips = {label: [C.flip_radius(ctx, r.spec, r.seed, D) for r in rs] for label, rs in deep.items()}
 flip_sums = {label: [C.flip_summary(f) for f in fs] for label, fs in flips.items()}
 flip_v = {label: V.flip_verdict(ss) for label, ss in flip_sums.items()}
+_v = next(iter(flip_v.values()))
+for name, value in {"flip_rho_min": _v["rho_min"], "flip_lo": _v["ratio_band"][0], "flip_hi": _v["ratio_band"][1]}.items():
+    report.glue(name, value)
 display(Markdown(f"{D.n_flip} correctly classified images per model; PGD-{D.flip_steps} margin probes, "
                  f"{D.bisect_iters} bisection steps on [0, {D.eps_max}] (resolution "
                  f"{D.eps_max / 2 ** D.bisect_iters:.2g}); seeds {', '.join(map(str, P.seeds))}."))
@@ -264,34 +275,34 @@ display(Markdown("\n".join(
 #
 # If small logits *caused* robustness, any training that shrinks them should buy some. Three standard
 # models shrink the logits without an adversary: **label smoothing** (targets $1-\alpha+\alpha/K$ and
-# $\alpha/K$), **logit squeezing** (a penalty $\lambda\,\mathbb{E}\|z\|^2$, after Shafahi et al. 2019) and a
+# $\alpha/K$), **logit squeezing** (a penalty $\lambda\,\mathbb{E}\|z\|^2$, after {cite:t}`shafahi2019label`) and a
 # **loss temperature** (CE on $z/T$, $T<1$, which trains the raw logits to be $T$ times smaller). They
 # share the architecture, training subset, schedule and seeds of chapter 02's standard model.
 #
 # **How the strengths were chosen (without looking at robustness).** For each control, a small grid of
 # strengths (stated below) is trained with the first seed; we pick the one whose mean clean logit gap on
 # the first training images is closest to that of the main AT model (same seed, same images), and flag
-# it if it is not within 15% of that target. Then the chosen strength is trained for every seed and
+# it if it is not within {glue:text}`calib_tol` of that target. Then the chosen strength is trained for every seed and
 # attacked with chapter 02's $L_\infty$ evaluation attacks (the $L_2$ attacks are left out for time).
 #
 # **Rule, fixed before the numbers:** per seed, the fraction of the robustness gap closed is
 # (control − standard) / (AT − standard) of the accuracy under *both* attacks (a sample counts only if
 # PGD-CE and PGD-margin both fail). A control *reproduces* AT's robustness if that fraction's seed mean
-# is ≥ 0.5 and its interval's low end > 0.25; it gives *no* robustness if the interval's high end is
-# < 0.25; otherwise *partial*. If no control reproduces it, shrinkage is not a sufficient cause of
+# is ≥ {glue:text}`ctrl_enough` and its interval's low end > {glue:text}`ctrl_none`; it gives *no* robustness if the
+# interval's high end is < {glue:text}`ctrl_none`; otherwise *partial*. If no control reproduces it, shrinkage is not a sufficient cause of
 # robustness here. Caveat: label smoothing and logit squeezing are known to mask gradients, and these are
-# PGD-20 attacks only, so any gain is an upper bound on real robustness.
+# PGD-{glue:text}`eval_steps` attacks only, so any gain is an upper bound on real robustness.
 
 # %%
 xcal = ctx.data.train_x[:D.n_calib]
 at0, std0 = ex.model_run(ctx, P.main_at, P.seeds[0]), ex.model_run(ctx, P.model_specs()[0], P.seeds[0])
 target = float(stats.logit_gap(C.train.predict(at0.model, xcal)).mean())
 std_gap = float(stats.logit_gap(C.train.predict(std0.model, xcal)).mean())
-cal = C.calibrate(ctx, target, P.seeds[0])
+cal = C.calibrate(ctx, target, P.seeds[0], rel_tol=CALIB_TOL)
 display(Markdown(f"Target: mean clean logit gap {target:.3g} of {P.main_at.label} (seed {P.seeds[0]}) on the first "
                  f"{D.n_calib} training images; the standard model has {std_gap:.3g} there."))
 pd.DataFrame([{"control": C.KIND_LABELS[k], "strength": f"{s:g}", "mean clean gap (calibration images)": f"{g:.3g}",
-               "chosen": "← chosen" + ("" if c["matched"] else " (NOT within 15% of the target)")
+               "chosen": "← chosen" + ("" if c["matched"] else f" (NOT within {CALIB_TOL:.0%} of the target)")
                if s == c["chosen"] else ""} for k, c in cal.items() for s, g in zip(c["grid"], c["calib_gap"])])
 
 # %%
@@ -306,7 +317,7 @@ for k, c in cal.items():
                                                         for s in P.seeds]
 atk = C.linf_attacks(ctx)
 display(Markdown(f"Clean logit statistics on the {len(ctx.eval_y)} evaluation images and accuracy under "
-                 f"{atk['linf_ce'].label} and {atk['linf_margin'].label} (random start); mean ± 95% t-interval "
+                 f"{atk['linf_ce'].label} and {atk['linf_margin'].label} (random start); mean ± {report.ci_label()} t-interval "
                  f"over seeds {', '.join(map(str, P.seeds))}."))
 V.controls_frame(ctrl_rows)
 
@@ -335,15 +346,15 @@ display(Markdown("\n".join(lines)))
 lin_sum = {m: [{"eps": e} | {k: stats.mean_ci([r[k] for r in recs]).as_dict() for k in theory.STAT_NAMES}
                for e, recs in zip(lin["eps"], lin[m])] for m in ("closed_form", "pgd")}
 held_lines = [
-    f"- Gaussian $L_2$: predicted optimal scale matched training within 10% at {len(held)}/{len(gv['per_eps'])} ε; "
+    f"- Gaussian $L_2$: predicted optimal scale matched training within {GAUSS_TOL:.0%} at {len(held)}/{len(gv['per_eps'])} ε; "
     f"trained scale {gv['trend']}.",
     f"- Closed form vs PGD (L∞ with box): max error {checks['closed_form_vs_pgd_max_abs_err']:.1e}; binary exactness "
     f"error {checks['binary_exact_max_abs_err']:.1e}; multiclass bound holds: {checks['bound_holds']}.",
 ] + [f"- Linear, {V.METHODS[m]}: " + "; ".join(f"{V.LINEAR_STATS[k]} {r['trend']}" for k, r in lv[m].items())
      for m in lv] + [
-    f"- Deep nets: first-order flip radius ranks samples well — " + ", ".join(
+    "- Deep nets: first-order flip radius ranks samples well — " + ", ".join(
         f"{label}: {v['ranks_well']} (ρ {v['spearman']['mean']:.2f})" for label, v in flip_v.items()),
-    f"- Controls: " + ", ".join(f"{n}: {v}" for n, v in ctrl_verdicts.items()),
+    "- Controls: " + ", ".join(f"{n}: {v}" for n, v in ctrl_verdicts.items()),
 ]
 display(Markdown("\n".join(held_lines)))
 

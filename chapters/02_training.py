@@ -30,9 +30,9 @@
 #   $z_y - \max_{j\neq y} z_j$, the quantity the theory chapter reasons about.
 #
 # **What is reconstructed.** The paper's body text, settings and code are not available. The settings
-# below follow common practice of the adversarial-robustness literature (PGD-AT of Madry et al., inputs
-# in $[0,1]$ with the normalisation inside the model, SGD with momentum and weight decay, step size
-# $2.5\varepsilon/\text{steps}$); the table below states every one of them. Attacks are run with the
+# below follow common practice of the adversarial-robustness literature (PGD-AT of {cite:t}`madry2018towards`,
+# inputs in $[0,1]$ with the normalisation inside the model, SGD with momentum and weight decay, step size
+# {glue:text}`madry_step`$\,\varepsilon/\text{steps}$); the table below states every one of them. Attacks are run with the
 # model in eval mode. We evaluate the last-epoch weights (no early stopping on test data).
 
 # %% tags=["parameters"]
@@ -50,6 +50,7 @@ from atlib import plots, report
 
 ctx = ex.context(profile, cache_dir, data_root, device)
 P = ctx.profile
+report.glue_setting(ctx)  # the numbers the prose below quotes
 report.setting_table(ctx)
 
 # %% [markdown]
@@ -68,9 +69,9 @@ print(f"{len(runs)} models ({sum(r.cached for r in runs)} loaded from the cache)
 # %% [markdown]
 # ## Accuracy
 #
-# Clean and robust accuracy in percent on the fixed evaluation subset, as mean ± half-width of the 95%
+# Clean and robust accuracy in percent on the fixed evaluation subset, as mean ± half-width of the {glue:text}`ci`
 # Student-t interval over seeds. Every attack is named with its loss, norm, $\varepsilon$ and number of
-# steps; "margin" is the Carlini–Wagner-style loss $\max_{j\neq y} z_j - z_y$. A model is only as
+# steps; "margin" is the loss $\max_{j\neq y} z_j - z_y$ of {cite:t}`carlini2017towards`. A model is only as
 # robust as the strongest attack says: read the lower of the CE and margin columns.
 
 # %%
@@ -79,7 +80,7 @@ report.accuracy_table(ctx, runs)
 # %% [markdown]
 # ## Logit statistics on clean test inputs
 #
-# Means over the evaluation subset, then mean ± 95% interval over seeds. The margin column averages only
+# Means over the evaluation subset, then mean ± {glue:text}`ci` interval over seeds. The margin column averages only
 # the samples each model classifies correctly.
 
 # %%
@@ -89,7 +90,7 @@ report.logit_table(runs, "clean")
 # ### Does AT shrink the logits? The rule, then the numbers
 #
 # For each statistic we pair the standard and the main L∞-AT model trained with the same seed and
-# take the difference AT − standard per seed. The rule, fixed before looking: if the 95% t-interval of
+# take the difference AT − standard per seed. The rule, fixed before looking: if the {glue:text}`ci` t-interval of
 # the paired difference lies entirely below zero, AT **shrinks** the statistic on this dataset; entirely
 # above zero, it **grows**; otherwise the data show no clear change.
 
@@ -132,7 +133,7 @@ plots.save(fig, results_dir, "training_curves");
 # ## A sweep over the training $\varepsilon$
 #
 # L∞-AT at each training $\varepsilon$ of the sweep ($\varepsilon=0$ is the standard model), evaluated
-# on clean inputs; accuracy under the main L∞ PGD-CE attack for reference. Error bars are 95% t-intervals
+# on clean inputs; accuracy under the main L∞ PGD-CE attack for reference. Error bars are {glue:text}`ci` t-intervals
 # over seeds. If shrinkage is a dose–response effect of the adversary's budget, the statistics should
 # fall as $\varepsilon$ grows.
 
@@ -163,7 +164,7 @@ report.logit_table(runs, "linf_ce")
 # %%
 sweep_records = [{"eps": e} | {k: iv.as_dict() for k, iv in zip(series, ivs)}
                  for e, ivs in zip(eps, zip(*series.values()))]
-ex.write_section(results_dir, "training", {
+_ = ex.write_section(results_dir, "training", {
     "models": [ex.model_record(ctx, r) for r in runs],
     "shrinkage": {"base": "standard", "treated": P.main_at.name, "clean": shrink,
                   "attacked_linf_ce": report.paired_shrinkage(runs, P.model_specs()[0], P.main_at, "linf_ce")},

@@ -27,22 +27,23 @@
 #
 # computed from the logits with a log-sum-exp, never from $p_c$. It orders samples exactly as the top
 # softmax probability $p_c$ does (it is a monotone function of it), but a float32 softmax returns exactly
-# $p_c = 1.0$ once the gap exceeds about 17, and a confident standard model can have many such samples
+# $p_c = 1$ once the gap exceeds about {glue:text}`f32_gap:.0f`, and a confident standard model can have many such samples
 # (the table below shows how many there are here): in a ranking by probability they all tie. The logit
 # gap $z_{(1)} - z_{(2)}$ is shown alongside.
 #
 # **Agreement.** For two models $A$ and $B$ evaluated on the same $N$ test images, Spearman's
 # $\rho = \operatorname{corr}(\operatorname{rank} \ell_A, \operatorname{rank} \ell_B)$ and Kendall's
 # $\tau_b$ (the excess of concordant over discordant sample pairs, corrected for ties) measure how alike
-# the two confidence rankings are; both are 1 for identical rankings and −1 for reversed ones.
+# the two confidence rankings are; both are $1$ for identical rankings and $-1$ for reversed ones.
 #
 # **The unit of replication is the seed pair, not the sample.** A bootstrap over the test images would
 # give tiny intervals that ignore how much the answer changes with the seed. Each comparison is therefore
 # a list of values, one per pair of models: std vs std and AT vs AT use every pair of distinct seeds;
 # std vs AT uses every (std seed $i$, AT seed $j$) with $i \neq j$, so that it shares no initialisation
-# or batch order, exactly like the nulls. We report the mean over pairs with a Student-t 95% interval.
+# or batch order, exactly like the nulls. We report the mean over pairs with a Student-t {glue:text}`ci` interval.
 # Pairs that share a model are not independent, so these intervals are approximate (somewhat too
-# narrow); with three seeds there are three null pairs ($t_{0.975,2} = 4.30$).
+# narrow); with {glue:text}`n_seeds` seeds each null has {glue:text}`null_pairs`, and the Student-$t$ factor of its
+# interval is {glue:text}`t_null`.
 #
 # **The accuracy confound.** AT models are less accurate. A less-trained standard model might also rank
 # samples differently from a fully trained one, and then "AT differs" would just mean "a worse model
@@ -62,6 +63,9 @@ data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system 
 device = None  # "cpu", "cuda", ... (default: CUDA when present)
 
 # %%
+import math
+
+import torch
 from IPython.display import Markdown, display
 
 from atlib import confidence as cf
@@ -70,11 +74,16 @@ from atlib import experiments as ex
 from atlib import plots, report
 
 ctx = ex.context(profile, cache_dir, data_root, device)
+report.glue_setting(ctx)  # the numbers the prose below quotes
+report.glue("f32_gap", -math.log(torch.finfo(torch.float32).eps / 2))  # float32 softmax gives p = 1 beyond this gap
 report.setting_table(ctx)
 
 # %%
 an = cf.analyse(ctx, data_root)
 S = an.settings
+n_null = len(an.seeds) * (len(an.seeds) - 1) // 2
+report.glue("null_pairs", f"{n_null} pair" + ("s" if n_null != 1 else ""))
+report.glue("t_null", f"{report.t_factor(n_null):.2f}" if n_null > 1 else "undefined (a single pair gives no interval)")
 display(Markdown(
     f"Models: chapter 02's standard model and **{an.at_spec.label}** (PGD-AT), seeds "
     f"{', '.join(map(str, an.seeds))}, last-epoch weights, "
@@ -87,8 +96,8 @@ cp.matched_table(an)
 # %% [markdown]
 # ## Confidence per sample
 #
-# Means over the evaluation subset, then mean ± 95% t-interval over seeds. The last column is the share of
-# samples whose float32 softmax top probability is exactly 1.0: those samples would all tie in a ranking
+# Means over the evaluation subset, then mean ± {glue:text}`ci` t-interval over seeds. The last column is the share of
+# samples whose float32 softmax top probability is exactly $1$: those samples would all tie in a ranking
 # by probability.
 
 # %%
@@ -109,7 +118,7 @@ plots.save(fig, results_dir, "confidence_scatter");
 # The rule is fixed here, before the numbers below are looked at, and applied by code:
 #
 # > Primary statistic: Spearman's $\rho$ of the top-class log-odds over the evaluation subset, one value per
-# > seed pair, 95% Student-t interval over pairs. **(a)** Standard and AT models *differ* in which samples
+# > seed pair, {glue:text}`ci` Student-t interval over pairs. **(a)** Standard and AT models *differ* in which samples
 # > are confident if the upper end of the std-vs-AT interval lies below the lower ends of both null
 # > intervals (std vs std and AT vs AT). **(b)** The difference *persists at matched accuracy* if the upper
 # > end of the early-stopped-std-vs-AT interval lies below the lower ends of the AT-vs-AT interval and of
@@ -152,7 +161,7 @@ display(Markdown(
 # (top) and least (bottom) confident samples of each model we take the Jaccard overlap
 # $|S_A \cap S_B| / |S_A \cup S_B|$ of the two sets, per seed pair, against the same nulls. Ranking by
 # log-odds matters most here: by float32 probability, the top-$k$ set of a standard model is an arbitrary
-# choice among hundreds of samples at exactly 1.0.
+# choice among hundreds of samples at exactly $1$.
 
 # %%
 cp.jaccard_table(an)
@@ -160,10 +169,10 @@ cp.jaccard_table(an)
 # %% [markdown]
 # ## The samples with the largest difference
 #
-# Each sample gets its normalised rank (0 = least, 1 = most confident) under each model; the difference
+# Each sample gets its normalised rank ($0$ = least, $1$ = most confident) under each model; the difference
 # of ranks says how much more confident one model is *relative to its own other samples*. Raw confidences
-# cannot be compared directly: AT lowers them all. Top row: samples the AT model ranks far higher than the
-# standard model; bottom row: the reverse. Captions give the true label, each model's prediction and its
+# cannot be compared directly: AT lowers them all. Upper grid: samples the AT model ranks far higher than the
+# standard model; lower grid: the reverse. Captions give the true label, each model's prediction and its
 # top softmax probability (standard and AT models of seed shown in the row titles).
 
 # %%
@@ -202,7 +211,7 @@ cp.class_table(pc)
 # images: the pixel-space $L_2$ distance to the nearest training image of *another* class (a sample near
 # a decision-relevant neighbour is intrinsically ambiguous), the RMS contrast (standard deviation of
 # the pixels) and the mean pixel intensity, and the standard model's own margin
-# $z_y - \max_{j\neq y} z_j$; and both models' accuracy in the group. Mean over seeds ± 95% t-interval,
+# $z_y - \max_{j\neq y} z_j$; and both models' accuracy in the group. Mean over seeds ± {glue:text}`ci` t-interval,
 # the unit again being the seed.
 
 # %%
@@ -229,7 +238,7 @@ cp.browser(an)
 # ## What this chapter found
 #
 # The list below is generated from this run's numbers: the verdict by the stated rule, the classes with
-# the lowest and highest within-class agreement, and, for each group measure, whether the group's 95%
+# the lowest and highest within-class agreement, and, for each group measure, whether the group's {glue:text}`ci`
 # interval over seeds lies entirely above or below that of random samples ("overlapping" is no evidence
 # of a difference). It holds for this dataset, model and schedule; the paper's CIFAR-10 scale is only
 # covered when the `cifar10` profile is run on a GPU. The grids and the group measures describe *which*

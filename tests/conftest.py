@@ -48,7 +48,8 @@ def std_digits_mlp(digits):
 def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The `smoke` book, executed and rendered once per test session into a temp dir; later tests share it.
 
-    Returns {"out", "cache", "summary", "seconds", "tracked_book_before", "tracked_book_after"}.
+    Returns {"out", "cache", "summary", "seconds", "tracked_book_before", "tracked_book_after", "results_before",
+    "results_after"} (the last two: the repository's results/, which a test build must not record into).
     """
     import time
 
@@ -56,14 +57,20 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     root = tmp_path_factory.mktemp("smoke-book")
     out, cache = root / "book", root / "cache"
-    before = _tracked_book_state()
+    before, results_before = _tracked_book_state(), _tree_state(REPO_ROOT / "results")
     t0 = time.perf_counter()
     summary = run_book("smoke", out=out, cache_dir=str(cache), device="cpu")
     return {"out": out, "cache": cache, "summary": Path(summary), "seconds": time.perf_counter() - t0,
-            "tracked_book_before": before, "tracked_book_after": _tracked_book_state()}
+            "tracked_book_before": before, "tracked_book_after": _tracked_book_state(),
+            "results_before": results_before, "results_after": _tree_state(REPO_ROOT / "results")}
 
 
 def _tracked_book_state() -> dict:
     """Name, size and mtime of every file under the repository's book/ (outside _build)."""
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (REPO_ROOT / "book").rglob("*")
             if p.is_file() and "_build" not in p.parts}
+
+
+def _tree_state(root: Path) -> dict:
+    """Name, size and mtime of every file under ``root`` (empty if it does not exist)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}

@@ -2,7 +2,6 @@
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 
@@ -35,7 +34,9 @@ def test_executed_notebook_kept_apart_from_sources(built):
     assert not (REPO / "chapters" / "02_training.ipynb").exists()
     nb = json.loads((built["out"] / "02_training.ipynb").read_text())
     tags = [c.get("metadata", {}).get("tags", []) for c in nb["cells"]]
-    assert ["injected-parameters"] in tags, "papermill injected the profile"
+    assert ["injected-parameters", "remove-cell"] in tags, "papermill injected the profile (hidden in the book)"
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all({"hide-input", "remove-cell"} & set(c["metadata"].get("tags", [])) for c in code), "code is folded"
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert errors == []
 
@@ -91,8 +92,90 @@ def test_toc_order_and_missing_chapter(tmp_path):
     assert "02_training" in stems and stems == sorted(stems, key=book.toc_entries().index)
     entries = book.toc_entries()
     assert entries[0] == "intro"
-    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: 07_missing\n")
-    (tmp_path / "book").mkdir()
-    (tmp_path / "book" / "intro.md").write_text("# x\n")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: 07_missing\n"
+                                       "  - file: claims\n")
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "intro.md").write_text("# x\n")
     with pytest.raises(BookError, match="07_missing"):
         book.chapter_sources(tmp_path)
+    (tmp_path / "pages" / "07_missing.md").write_text("# y\n")
+    assert book.chapter_sources(tmp_path) == [], "hand-written pages and the generated ledger are not chapters"
+
+
+def test_non_default_profile_never_overwrites_the_published_book(tmp_path):
+    from atlib.profiles import DEFAULT_PROFILE
+
+    assert book.default_out(DEFAULT_PROFILE) == REPO / "book"
+    assert book.default_out("smoke") == REPO / "_build" / "books" / "smoke"
+    with pytest.raises(BookError, match="published"):
+        book.run_book("smoke", out=REPO / "book", html=False)
+    book.check_out(DEFAULT_PROFILE, REPO / "book")  # the default profile may (re)publish
+    book.check_out("smoke", tmp_path)
+
+
+def test_render_without_executed_notebooks_says_what_to_run(tmp_path):
+    with pytest.raises(BookError, match="python -m atlib book"):
+        book.render_book(tmp_path)
+
+
+def test_provenance_under_every_chapter_title(built):
+    summary = json.loads(built["summary"].read_text())
+    html = built["out"] / "_build" / "html"
+    for src in book.chapter_sources():
+        nb = json.loads((built["out"] / f"{src.stem}.ipynb").read_text())
+        first = "".join(nb["cells"][0]["source"])
+        assert first.startswith("# ") and "Provenance" in first.split("\n", 3)[2], src.stem
+        prov = nb["metadata"]["atbook"]["provenance"]
+        assert prov == summary["chapters"][src.stem]
+        assert prov["profile"] == "smoke" and prov["seeds"] == [0, 1] and prov["wall_s"] > 0
+        assert prov["git_commit"] == summary["git_commit"] and prov["device"].startswith("cpu")
+        assert "widgets" not in nb["metadata"], "widget state would make the page load widget JS from a CDN"
+        page = (html / f"{src.stem}.html").read_text()
+        assert "atbook-provenance" in page and "mlp, width 64" in page and prov["git_commit"][:12] in page
+        assert "{glue" not in page and "Traceback" not in page and "PosixPath(" not in page
+
+
+def test_claims_ledger_and_bibliography_in_the_book(built):
+    summary = json.loads(built["summary"].read_text())
+    assert [c["claim"] for c in summary["claims"]] == ["shrinkage", "confidence", "distillation"]
+    assert all(c["verdict"] in ("supported", "not supported", "inconclusive", "not run") for c in summary["claims"])
+    html = built["out"] / "_build" / "html"
+    ledger = (html / "claims.html").read_text()
+    assert "The rules" in ledger and ledger.index("The rules") < ledger.index("smoke · digits")
+    for c in summary["claims"]:
+        assert f"<strong>{c['verdict']}</strong>" in ledger, c["claim"]
+    refs = (html / "references.html").read_text()
+    for name in ("Seguin", "Goldblum", "Shafahi", "Madry", "Rice", "Wong", "Croce", "Soudry"):
+        assert name in refs, name
+    assert 'href="references.html#id' in (html / "02_training.html").read_text(), "chapters cite into the bibliography"
+
+
+def test_tests_never_record_into_the_repository(built):
+    assert built["results_after"] == built["results_before"], "a test build must not write results/<profile>/"
+
+
+def test_finishing_a_notebook_for_the_book():
+    """Provenance under the title, widgets replaced by a note and their state dropped, code folded."""
+    import nbformat
+
+    from atlib import pages
+
+    nb = nbformat.v4.new_notebook(metadata={"widgets": {"application/vnd.jupyter.widget-state+json": {}}})
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title\n\nText."),
+                nbformat.v4.new_code_cell("profile = 'x'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("slider", outputs=[nbformat.v4.new_output(
+                    "display_data", data={pages.WIDGET_MIME: {"model_id": "abc"}, "text/plain": "VBox(...)"})]),
+                nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["remove-input"]})]
+    prov = pages.Provenance("smoke", "digits, tests", "digits", "mlp, width 64", "cpu (2 cores)", (0, 1),
+                            "0123456789abcdef-dirty", "2026-01-01 00:00", 12.3)
+    pages.add_provenance(nb, prov)
+    assert pages.static_widgets(nb, "chapters/01_theory.py") == 1
+    pages.fold_code(nb)
+    first = nb.cells[0].source
+    assert first.startswith("# Title\n\n```{admonition} Provenance") and first.endswith("Text.")
+    assert "`0123456789ab` (with uncommitted changes)" in first and "**wall time** 12 s" in first
+    assert "widgets" not in nb.metadata
+    assert nb.cells[2].outputs[0]["data"] == {"text/markdown": nb.cells[2].outputs[0]["data"]["text/markdown"]}
+    assert "chapters/01_theory.py" in nb.cells[2].outputs[0]["data"]["text/markdown"]
+    assert [c.metadata.get("tags") for c in nb.cells[1:]] == [["parameters", "remove-cell"], ["hide-input"],
+                                                               ["remove-input"]]

@@ -14,7 +14,6 @@ from atlib import confidence as cf
 from atlib import confidence_matched as cm
 from atlib import confidence_plots as cp
 from atlib import experiments as ex
-from atlib import stats
 from atlib.profiles import ModelSpec, get_profile
 
 
