@@ -336,3 +336,30 @@ def audit_runs(ctx: Any, runs: Sequence[Any], settings: AuditSettings | None = N
     s = settings or get_settings(ctx.profile.name)
     return audit(training_targets(ctx, runs), ctx.eval_x, ctx.eval_y, s, ctx.data.num_classes,
                  store=ctx.store, data_fp=ctx.data.fingerprint, progress=progress)
+
+
+# ---------------------------------------------------------------- chapter 04's students
+
+def student_targets(ctx: Any, grid: Any, seeds: Sequence[int] | None = None) -> list[Target]:
+    """Targets for chapter 04's distilled students and PGD-AT students (a ``distill_runs.Grid``), all under
+    the teachers' main L∞ PGD-CE attack; ``seeds`` (default: every seed of the profile) picks which.
+    No masking checks here: chapter 04 runs its own on every student."""
+    ce = ctx.profile.eval_attacks()["linf_ce"]
+    keep = set(ctx.profile.seeds if seeds is None else seeds)
+    out = []
+    for r in [*grid.students, *grid.ceiling]:
+        if r.seed not in keep:
+            continue
+        recipe = "PGD-AT student" if r.ablation == "pgd_at" else \
+            f"student: {r.ablation}" + (f", T={r.T:g}" if r.T is not None else "")
+        out.append(Target(f"{recipe} (seed {r.seed})", r.model, ce, r.seed, recipe,
+                          meta={"kind": "student", "ablation": r.ablation, "T": r.T}))
+    return out
+
+
+def audit_students(ctx: Any, grid: Any, settings: AuditSettings | None = None, seeds: Sequence[int] | None = None,
+                   progress: bool | None = None) -> list[dict[str, Any]]:
+    """:func:`audit` of chapter 04's students on the profile's evaluation subset, cached in ``ctx.store``."""
+    s = settings or get_settings(ctx.profile.name)
+    return audit(student_targets(ctx, grid, seeds), ctx.eval_x, ctx.eval_y, s, ctx.data.num_classes,
+                 store=ctx.store, data_fp=ctx.data.fingerprint, progress=progress)

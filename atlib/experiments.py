@@ -181,9 +181,3 @@ def write_section(results_dir: str | os.PathLike | None, section: str, payload: 
     tmp.write_text(json.dumps(payload, indent=1, default=float))
     os.replace(tmp, out)
     return out
-
-
-def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
-                device: str | None = None) -> list[ModelRun]:
-    """Fill the cache with every experiment of the profile, no notebook involved."""
-    return training_runs(context(profile, cache_dir, data_root, device))

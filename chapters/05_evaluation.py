@@ -63,7 +63,7 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 # %%
 from IPython.display import Markdown, display
 
-from atlib import audit, plots, report
+from atlib import audit, distill_runs, plots, report
 from atlib import audit_report as ar
 from atlib import experiments as ex
 
@@ -177,6 +177,30 @@ for name, table in diagnoses.items():
     display(Markdown(ar.diagnosis_text(name, table)))
 
 # %% [markdown]
+# ## The distilled students of chapter 04
+#
+# Chapter 04 attacks its students with the teachers' PGD-CE and PGD-margin attacks and runs its own
+# masking checks on each. Here the same oracles as above run on them: every student of every recipe and
+# seed, plus the PGD-AT students (all loaded from chapter 04's cache, not retrained), on the same samples
+# as the teachers, under the teachers' L∞ threat model. Students distilled on clean inputs are expected
+# to be far less robust than their AT teacher; what matters here is whether atlib's PGD finds their
+# weakness as well as the oracles do, above all for the students that *look* robust in chapter 04
+# (those trained on targets whose non-maximal probabilities were flattened or shuffled). The rules are
+# the two of the teachers' table: atlib PGD-CE at most {glue:text}`ta_gap` pp above torchattacks PGD and
+# no atlib PGD more than {glue:text}`apgd_gap` pp above the APGD minimum.
+
+# %%
+grid = distill_runs.run_grid(ctx)  # cached by chapter 04
+student_records = audit.audit_students(ctx, grid)
+display(Markdown(f"{len(student_records)} students, each audited on the first {student_records[0]['n']} samples "
+                 f"of the evaluation subset; accuracy in percent, mean ± half-width of the {report.ci_label()} t-interval over seeds "
+                 f"({', '.join(map(str, ctx.profile.seeds))})."))
+ar.group_table(student_records)
+
+# %%
+display(Markdown(ar.verdict_text(student_records)))
+
+# %% [markdown]
 # **What to quote.** Whatever the diagnosis, the worst-case column is a valid (tighter) robust accuracy
 # for every model, and the one the book should quote; the atlib PGD columns of chapter 02 are upper
 # bounds that may sit a little above it. The oracles run on a fixed subset with a limited budget (see
@@ -185,4 +209,5 @@ for name, table in diagnoses.items():
 
 # %%
 _ = ex.write_section(results_dir, "evaluation", {"evaluation": ar.section(records, S) | {
-    "diagnoses": {name: table.to_dict(orient="index") for name, table in diagnoses.items()}}})
+    "diagnoses": {name: table.to_dict(orient="index") for name, table in diagnoses.items()},
+    "students": ar.section(student_records, S)}})

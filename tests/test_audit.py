@@ -327,6 +327,15 @@ def test_evaluation_chapter_in_smoke_book(smoke_book):
     assert ev["flagged"] == [m["name"] for m in ev["models"] if m["flags"]]
     assert (smoke_book["out"] / "results" / "figures" / "attack_strength_sweep.png").stat().st_size > 5_000
     assert math.isfinite(ev["groups"]["standard"]["worst_case"]["mean"])
+    # chapter 04's students get the same oracles: every student of the distillation summary is audited
+    st = ev["students"]
+    want = {(r["ablation"], r["T"], r["seed"]) for r in s["distillation"]["students"]}
+    got = {(m["meta"]["ablation"], m["meta"]["T"], m["seed"]) for m in st["models"] if m["meta"]["ablation"] != "pgd_at"}
+    assert got == want and len(st["models"]) == len(want) + len(s["distillation"]["pgd_at_students"])
+    for m in st["models"]:
+        assert set(m["robust_acc"]) == set(audit.ATTACKS) and "masking" not in m
+        assert 0 <= m["worst_case"] <= min(m["robust_acc"].values()) + 1e-12 <= m["clean_acc"] + 1e-12
+    assert st["flagged"] == [m["name"] for m in st["models"] if m["flags"]]
 
 
 # ---------------------------------------------------------------- diagnosis of a flag (audit_report)
