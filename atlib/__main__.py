@@ -1,4 +1,5 @@
-"""``python -m atlib {book,html,compute}``: build the executed book, re-render it, or fill the cache without notebooks."""
+"""``python -m atlib {book,html,compute,bench}``: build the executed book, re-render it, fill the cache without
+notebooks, or benchmark adversarial training against a plain loop."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,26 @@ def main(argv: list[str] | None = None) -> int:
                                     "hand-written pages and the claims ledger)")
     h.add_argument("--out", default=None, help="the executed book's folder (default: book/)")
     sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")
+    bn = sub.add_parser("bench", help="time atlib's PGD adversarial-training epoch against a plain reference loop")
+    bn.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18"))
+    bn.add_argument("--batch-size", type=int, default=256)
+    bn.add_argument("--steps", type=int, default=10, help="PGD steps (L∞, ε=8/255)")
+    bn.add_argument("--n-images", type=int, default=2048, help="synthetic images per timed epoch")
+    bn.add_argument("--repeats", type=int, default=3, help="timed runs per loop; the median counts")
+    bn.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    bn.add_argument("--no-fast", action="store_true", help="time atlib without its CUDA speed-ups (bf16, "
+                    "channels_last, fused SGD, torch.compile; $ATLIB_COMPILE=0 turns off compile alone)")
+    bn.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    bn.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     args = ap.parse_args(argv)
+
+    if args.cmd == "bench":
+        from .bench import BenchConfig
+        from .bench import main as bench_main
+
+        bench_main(BenchConfig(args.model, args.batch_size, args.steps, args.n_images, args.repeats, args.device,
+                               fast=not args.no_fast, threads=args.threads), args.json)
+        return 0
 
     from .book import BookError, render_book, run_book
     from .data import DataNotFoundError
@@ -39,10 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "html":
             print(f"HTML: {render_book(args.out) / 'index.html'}")
         else:
-            from .experiments import compute_all
+            from .compute import compute_all
 
-            runs = compute_all(args.profile, args.cache_dir, args.data_root, args.device)
-            print(f"{len(runs)} model runs in the cache ({sum(r.cached for r in runs)} were already there)")
+            print(f"in the cache: {compute_all(args.profile, args.cache_dir, args.data_root, args.device)}")
     except (UnknownProfileError, DataNotFoundError, BookError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UnknownProfileError) else 1

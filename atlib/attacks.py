@@ -81,6 +81,19 @@ class AttackConfig:
         return f"PGD-{self.steps} {self.loss.upper() if self.loss == 'ce' else 'margin'}, {sym} ε={self.eps:.4g}{sc}{rs}"
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Rows [start, stop) of a global batch of ``total`` rows: this process's part in data-parallel training.
+
+    Random starts are drawn for the whole global batch and then sliced, so each sample's start does not
+    depend on how the batch is split across processes.
+    """
+
+    start: int
+    stop: int
+    total: int
+
+
 def attack_loss(logits: Tensor, y: Tensor, kind: str) -> Tensor:
     """Per-sample loss the attacker maximises: cross-entropy or the margin max_{j≠y} z_j - z_y."""
     if kind == "ce":
@@ -96,16 +109,17 @@ class Attack:
     def __init__(self, model: nn.Module, cfg: AttackConfig):
         self.model, self.cfg = model, cfg
 
-    def __call__(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+                 shard: Shard | None = None) -> Tensor:
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.enable_grad():
-                return self.perturb(x.detach(), y, generator)
+                return self.perturb(x.detach(), y, generator, shard)
         finally:
             self.model.train(was_training)
 
-    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator | None, shard: Shard | None = None) -> Tensor:
         raise NotImplementedError
 
 
@@ -121,13 +135,20 @@ class PGD(Attack):
     def project(self, delta: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator | None) -> Tensor:
+    def start(self, x: Tensor, generator: torch.Generator | None, shard: Shard | None) -> Tensor:
+        """The random start for ``x``; with a ``shard``, drawn for the global batch and sliced."""
+        if shard is None:
+            return self.init_delta(x, generator)
+        full = x.new_empty((shard.total, *x.shape[1:]))  # init_delta reads only its shape, device and dtype
+        return self.init_delta(full, generator)[shard.start:shard.stop]
+
+    def perturb(self, x: Tensor, y: Tensor, generator: torch.Generator | None, shard: Shard | None = None) -> Tensor:
         cfg = self.cfg
         if cfg.eps == 0:
             return x.clone()
         best_x, best_loss = x.clone(), torch.full(y.shape, float("-inf"), device=x.device)
         for _ in range(cfg.restarts):
-            delta = self.init_delta(x, generator) if cfg.random_start else torch.zeros_like(x)
+            delta = self.start(x, generator, shard) if cfg.random_start else torch.zeros_like(x)
             delta = ((x + delta).clamp(0, 1) - x).requires_grad_(True)  # stay in the pixel box
             for t in range(cfg.steps):
                 loss = attack_loss(self.model(x + delta), y, cfg.loss)

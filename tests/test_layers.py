@@ -7,11 +7,11 @@ import atlib
 LAYERS = {
     0: {"stats", "compat", "runtime", "__init__"},
     1: {"attacks", "models", "data", "store", "plots"},
-    2: {"train", "evaluate", "distill", "distill_targets", "masking"},
+    2: {"train", "checkpoint", "distributed", "evaluate", "distill", "distill_targets", "masking"},
     3: {"profiles", "experiments", "report", "theory", "confidence", "confidence_matched", "confidence_plots",
         "audit", "audit_report", "controls", "theory_views", "audit_report",
         "distill_runs", "distill_report", "distill_plots", "claims"},
-    4: {"book", "__main__", "pages", "sphinx_ext"},
+    4: {"book", "__main__", "pages", "sphinx_ext", "compute", "bench"},
 }
 LEVEL = {m: lvl for lvl, mods in LAYERS.items() for m in mods}
 PKG = Path(atlib.__file__).parent

@@ -1,0 +1,88 @@
+"""DDP on the CPU: 2 gloo ranks (launched as torchrun would) train like one process on the same global batch."""
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from atlib.attacks import AttackConfig, make_attack
+from atlib.distributed import rank_world, shard
+from atlib.models import build_model
+from atlib.runtime import seed_everything
+from atlib.train import TrainConfig, train
+
+N = 265  # 5 global batches of 64, the last of 9 rows: shards of 5 and 4
+CFG = TrainConfig(2, 64, 0.05, augment=True, attack=AttackConfig("linf", 0.1, 3, 0.05))
+
+RANK = """
+import sys
+import torch
+torch.set_num_threads(1)
+from atlib.attacks import AttackConfig
+from atlib.data import load_digits_data
+from atlib.distributed import init_from_env, rank_world
+from atlib.models import build_model
+from atlib.runtime import seed_everything
+from atlib.train import TrainConfig, train
+assert init_from_env()
+d = load_digits_data()
+seed_everything(0)
+model = build_model("mlp", d.shape, 10, d.mean, d.std, 32)
+cfg = TrainConfig(2, 64, 0.05, augment=True, attack=AttackConfig("linf", 0.1, 3, 0.05))
+hist = train(model, d.train_x[:%d], d.train_y[:%d], cfg, seed=1, progress=False)
+rank, world = rank_world()
+torch.save({"state": model.state_dict(), "hist": hist, "world": world}, sys.argv[1] + f".{rank}")
+torch.distributed.destroy_process_group()
+""" % (N, N)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_match_one_process(digits, tmp_path):
+    out, port, world = tmp_path / "params", _free_port(), 2
+    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(out)],
+                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                   "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world)})
+             for r in range(world)]
+    try:
+        assert [p.wait(timeout=300) for p in procs] == [0] * world
+    finally:
+        for p in procs:
+            p.kill()
+    seed_everything(0)
+    model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 32)
+    hist = train(model, digits.train_x[:N], digits.train_y[:N], CFG, seed=1, progress=False)
+    ref = model.state_dict()
+    for r in range(world):
+        got = torch.load(f"{out}.{r}", weights_only=True)
+        assert got["world"] == world
+        for k in ref:
+            torch.testing.assert_close(got["state"][k], ref[k], rtol=0, atol=1e-5, msg=f"rank {r}: {k}")
+        assert [h["train_loss"] for h in got["hist"]] == pytest.approx([h["train_loss"] for h in hist], abs=1e-5)
+        assert [h["train_acc"] for h in got["hist"]] == [h["train_acc"] for h in hist]
+
+
+def test_shards_cover_the_batch():
+    assert rank_world() == (0, 1)  # no process group in the test process: single-process training
+    for total, world in ((64, 2), (9, 2), (10, 3), (3, 3)):
+        parts = [shard(total, r, world) for r in range(world)]
+        assert parts[0].start == 0 and parts[-1].stop == total
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert max(p.stop - p.start for p in parts) - min(p.stop - p.start for p in parts) <= 1
+
+
+def test_sharded_random_start_is_the_global_batch_sliced(digits):
+    seed_everything(0)
+    model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 32)
+    atk = make_attack(model, AttackConfig("linf", 0.1, 0, 0.05, keep_best=False))  # 0 steps: the start itself
+    x, y = digits.train_x[:9], digits.train_y[:9]
+    full = atk(x, y, torch.Generator().manual_seed(5))
+    parts = [shard(9, r, 2) for r in range(2)]
+    pieces = [atk(x[p.start:p.stop], y[p.start:p.stop], torch.Generator().manual_seed(5), p) for p in parts]
+    assert torch.equal(torch.cat(pieces), full)

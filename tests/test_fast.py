@@ -1,0 +1,31 @@
+"""``train(fast=True)``: CUDA-only speed-ups; on the CPU it is exactly the default float32, eager path."""
+import pytest
+import torch
+
+from atlib.attacks import AttackConfig
+from atlib.models import build_model
+from atlib.runtime import seed_everything
+from atlib.train import TrainConfig, train
+
+CFG = TrainConfig(2, 64, 0.05, augment=True, attack=AttackConfig("linf", 0.1, 2, 0.05))
+
+
+def _run(digits, device: str, **kw) -> tuple[dict, list[dict]]:
+    seed_everything(0)
+    model = build_model("small_cnn", digits.shape, 10, digits.mean, digits.std, 8).to(device)
+    x, y = digits.train_x[:256].to(device), digits.train_y[:256].to(device)
+    return model.state_dict(), train(model, x, y, CFG, seed=1, progress=False, **kw)
+
+
+def test_fast_changes_nothing_on_cpu(digits):
+    (a, ha), (b, hb) = _run(digits, "cpu"), _run(digits, "cpu", fast=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fast path's tricks are CUDA-only")
+@pytest.mark.parametrize("compile_model", [False, True])
+def test_fast_path_trains_on_cuda(digits, compile_model):
+    (_, ha), (_, hb) = _run(digits, "cuda"), _run(digits, "cuda", fast=True, compile_model=compile_model)
+    assert all(torch.isfinite(torch.tensor(h["train_loss"])) for h in hb)
+    assert hb[-1]["train_loss"] == pytest.approx(ha[-1]["train_loss"], rel=0.1)  # bf16: close, not equal
