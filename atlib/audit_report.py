@@ -17,7 +17,7 @@ from torch import nn
 from . import attacks, stats
 from .attacks import AttackConfig
 from .audit import (APGD_GAP, ATTACKS, SCHEMA, TORCHATTACKS_GAP, AuditSettings, Target, _cached, correct,
-                    get_settings, model_hash, tensor_hash, torchattacks_version, training_targets)
+                    get_settings, model_hash, student_targets, tensor_hash, torchattacks_version, training_targets)
 from .report import fmt
 from .store import Store
 
@@ -86,6 +86,51 @@ def diagnose_runs(ctx: Any, runs: Sequence[Any], records: Sequence[Mapping[str, 
     s = settings or get_settings(ctx.profile.name)
     return diagnose_flagged(records, training_targets(ctx, runs), ctx.eval_x, ctx.eval_y, s, ctx.store,
                             ctx.data.fingerprint)
+
+
+def diagnose_students(ctx: Any, grid: Any, records: Sequence[Mapping[str, Any]],
+                      settings: AuditSettings | None = None) -> dict[str, pd.DataFrame]:
+    """:func:`diagnose_flagged` for chapter 04's students (as audited by ``audit.audit_students``)."""
+    s = settings or get_settings(ctx.profile.name)
+    n = grid.n_eval
+    targets = student_targets(ctx, grid, sorted({r["seed"] for r in records}))
+    return diagnose_flagged(records, targets, ctx.eval_x[:n], ctx.eval_y[:n], s, ctx.store, ctx.data.fingerprint)
+
+
+def quoted_vs_apgd(records: Sequence[Mapping[str, Any]], diagnoses: Mapping[str, pd.DataFrame]) -> str:
+    """Markdown, per model flagged against APGD: which atlib loss falls short, whether the shortfall is
+    one-sided (a real weakness) or two-sided (noise) in the diagnosis, and the robust accuracy the book
+    quotes from atlib (robust only if both PGD-CE and PGD-margin fail) against the per-sample APGD minimum."""
+    lines = []
+    for r in records:
+        flagged = [f.removesuffix("_vs_apgd") for f in r["flags"] if f.endswith("_vs_apgd")]
+        if not flagged:
+            continue
+        rb = r["robust"]
+        apgd = rb["apgd_ce"] & rb["apgd_dlr"]
+        both = float((rb["atlib_pgd_ce"] & rb["atlib_pgd_margin"]).float().mean())
+        parts = []
+        for k in flagged:
+            mine = rb[f"atlib_{k}"]
+            up, down = int((mine & ~apgd).sum()), int((~mine & apgd).sum())
+            kind = "one-sided: a real weakness of this loss here" if down * 3 <= up else "two-sided: noise"
+            parts.append(f"atlib {k.replace('pgd_', 'PGD-').replace('ce', 'CE')} leaves {up} samples robust that an "
+                         f"APGD breaks, and breaks {down} that both APGD leave robust ({kind})")
+        ok = both <= float(apgd.float().mean()) + APGD_GAP
+        lines.append(f"- **{r['name']}**: {'; '.join(parts)}. Quoted (PGD-CE ∧ PGD-margin): {100 * both:.1f}% vs "
+                     f"APGD-CE ∧ APGD-DLR {100 * float(apgd.float().mean()):.1f}% → "
+                     f"{'within' if ok else '**more than**'} {100 * APGD_GAP:.0f} pp"
+                     + (f"; restarts {'close' if _restarts_close(diagnoses.get(r['name'])) else 'do not close'} the gap."
+                        if r["name"] in diagnoses else "."))
+    return "\n".join(lines)
+
+
+def _restarts_close(table: pd.DataFrame | None) -> bool:
+    if table is None:
+        return False
+    apgd = float(table.loc["min(APGD-CE, APGD-DLR)", "accuracy (%)"])
+    rows = [v for v in table.index if "restarts" in v]
+    return all(float(table.loc[v, "accuracy (%)"]) <= apgd + 100 * APGD_GAP for v in rows)
 
 
 def diagnosis_text(name: str, table: pd.DataFrame) -> str:
