@@ -159,8 +159,10 @@ def write_summary(out: Path, base: dict[str, Any]) -> Path:
 def build_html(out: Path) -> Path:
     """``jupyter-book build`` with warnings as errors; returns the HTML folder."""
     jb = Path(sys.executable).with_name("jupyter-book")
+    # --path-output: else jupyter-book builds next to the nearest _config.yml up the tree (the repository
+    # root for book/), not in the book's own folder
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(out), "--config", str(REPO / "_config.yml"),
-           "--toc", str(REPO / "_toc.yml"), "-W", "-n", "--keep-going"]
+           "--toc", str(REPO / "_toc.yml"), "--path-output", str(out), "-W", "-n", "--keep-going"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         lines = [ln for ln in (res.stdout + res.stderr).splitlines() if "WARNING" in ln or "ERROR" in ln]

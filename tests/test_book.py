@@ -179,3 +179,23 @@ def test_finishing_a_notebook_for_the_book():
     assert "chapters/01_theory.py" in nb.cells[2].outputs[0]["data"]["text/markdown"]
     assert [c.metadata.get("tags") for c in nb.cells[1:]] == [["parameters", "remove-cell"], ["hide-input"],
                                                                ["remove-input"]]
+
+
+def test_html_lands_in_the_books_own_folder(monkeypatch, tmp_path):
+    """jupyter-book 1.x builds next to the nearest _config.yml up the tree unless told otherwise; for
+    book/ that is the repository root, so the runner must pass --path-output."""
+    import subprocess
+
+    from atlib import book
+
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        seen["cmd"] = cmd
+        (tmp_path / "_build" / "html").mkdir(parents=True)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(book.subprocess, "run", fake_run)
+    assert book.build_html(tmp_path) == tmp_path / "_build" / "html"
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--path-output") + 1] == str(tmp_path)
