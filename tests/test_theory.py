@@ -115,6 +115,17 @@ def test_gradient_descent_reaches_the_predicted_scale():
     assert not V.gaussian_verdict(g, rel_tol=0.1)["per_eps"][0]["holds"]
 
 
+def test_batched_gaussian_descent_equals_one_eps_at_a_time():
+    """The ε sweep trains in one batched descent; each row must be the run of its own ε alone."""
+    st = theory.GaussianSettings(n_train=500, n_test=10, steps=100, eps_sweep=(0.0, 0.3, 0.7))
+    x, y = theory.gaussian_sample(st.n_train, st, torch.Generator().manual_seed(3))
+    W = theory.train_gaussian(x, y, st.eps_sweep, st, seed=1)
+    assert W.shape == (3, st.dim)
+    for row, eps in zip(W, st.eps_sweep):
+        assert torch.allclose(row, theory.train_gaussian(x, y, eps, st, seed=1), rtol=0, atol=1e-12)
+    assert W[0].norm() > W[1].norm() > W[2].norm(), "a larger ε trains a smaller scale"
+
+
 def test_bad_inputs_raise():
     W, b, g = _random_linear()
     x, y = _box_inputs(g), torch.zeros(40, dtype=torch.long)
