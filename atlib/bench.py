@@ -67,7 +67,8 @@ class BenchConfig:
 
     @property
     def attack(self) -> AttackConfig:
-        return AttackConfig.madry("linf", EPS, self.steps)
+        """The training attack as the profiles train: last iterate (keep_best is for evaluation)."""
+        return AttackConfig.madry("linf", EPS, self.steps, keep_best=False)
 
 
 def synthetic_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +128,7 @@ def at_step_flops(model_name: str, batch_size: int, steps: int, dev: torch.devic
     model = make_model(model_name).to(dev)
     x, y = synthetic_data(batch_size, seed=1)
     x, y = x.to(dev), y.to(dev)
-    attack = make_attack(model, AttackConfig.madry("linf", EPS, steps))
+    attack = make_attack(model, AttackConfig.madry("linf", EPS, steps, keep_best=False))
     opt = _sgd(model)
     with FlopCounterMode(display=False) as counter:
         xa = attack(x, y, torch.Generator(device=dev).manual_seed(0))

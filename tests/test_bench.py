@@ -1,6 +1,7 @@
 """``python -m atlib bench`` at a tiny size on the CPU: it runs and reports sane fields (timings never asserted)."""
 import json
 
+import pytest
 import torch
 
 from atlib.__main__ import main
@@ -38,3 +39,14 @@ def test_reference_loop_trains_the_same_network():
     reference_epoch(model, x, y, BenchConfig(batch_size=4, steps=1, n_images=8, repeats=1), torch.device("cpu"))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_atlib_side_trains_with_the_profiles_attack():
+    """The timed atlib epoch must use the training attack the profiles use (last iterate, Madry step), not
+    the evaluation one (keep_best costs an extra forward pass per step): else the comparison is unfair."""
+    from atlib.profiles import get_profile
+
+    a = BenchConfig(batch_size=4, steps=7, n_images=8, repeats=1).attack
+    train_attack = get_profile("fashion").train_config(get_profile("fashion").main_at).attack
+    assert a.keep_best is train_attack.keep_best is False
+    assert a.step_size == pytest.approx(2.5 * a.eps / 7) and a.random_start
