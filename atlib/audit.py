@@ -369,6 +369,5 @@ def audit_students(ctx: Any, grid: Any, settings: AuditSettings | None = None, s
     s = settings or get_settings(ctx.profile.name)
     if seeds is None:
         seeds = ctx.profile.seeds[:s.student_seeds]
-    n = grid.n_eval
-    return audit(student_targets(ctx, grid, seeds), ctx.eval_x[:n], ctx.eval_y[:n], replace(s, main_subset=n),
+    return audit(student_targets(ctx, grid, seeds), ctx.eval_x, ctx.eval_y, replace(s, main_subset=grid.n_eval),
                  ctx.data.num_classes, store=ctx.store, data_fp=ctx.data.fingerprint, progress=progress)

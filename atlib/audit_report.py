@@ -92,9 +92,8 @@ def diagnose_students(ctx: Any, grid: Any, records: Sequence[Mapping[str, Any]],
                       settings: AuditSettings | None = None) -> dict[str, pd.DataFrame]:
     """:func:`diagnose_flagged` for chapter 04's students (as audited by ``audit.audit_students``)."""
     s = settings or get_settings(ctx.profile.name)
-    n = grid.n_eval
     targets = student_targets(ctx, grid, sorted({r["seed"] for r in records}))
-    return diagnose_flagged(records, targets, ctx.eval_x[:n], ctx.eval_y[:n], s, ctx.store, ctx.data.fingerprint)
+    return diagnose_flagged(records, targets, ctx.eval_x, ctx.eval_y, s, ctx.store, ctx.data.fingerprint)
 
 
 def quoted_vs_apgd(records: Sequence[Mapping[str, Any]], diagnoses: Mapping[str, pd.DataFrame]) -> str:
@@ -116,33 +115,45 @@ def quoted_vs_apgd(records: Sequence[Mapping[str, Any]], diagnoses: Mapping[str,
             kind = "one-sided: a real weakness of this loss here" if down * 3 <= up else "two-sided: noise"
             parts.append(f"atlib {k.replace('pgd_', 'PGD-').replace('ce', 'CE')} leaves {up} samples robust that an "
                          f"APGD breaks, and breaks {down} that both APGD leave robust ({kind})")
-        ok = both <= float(apgd.float().mean()) + APGD_GAP
+        apgd_acc = float(apgd.float().mean())
         lines.append(f"- **{r['name']}**: {'; '.join(parts)}. Quoted (PGD-CE ∧ PGD-margin): {100 * both:.1f}% vs "
-                     f"APGD-CE ∧ APGD-DLR {100 * float(apgd.float().mean()):.1f}% → "
-                     f"{'within' if ok else '**more than**'} {100 * APGD_GAP:.0f} pp"
+                     f"APGD-CE ∧ APGD-DLR {100 * apgd_acc:.1f}% → "
+                     f"{'within' if both <= apgd_acc + APGD_GAP else '**more than**'} {100 * APGD_GAP:.0f} pp"
                      + (f"; restarts {'close' if _restarts_close(diagnoses.get(r['name'])) else 'do not close'} the gap."
                         if r["name"] in diagnoses else "."))
     return "\n".join(lines)
 
 
-def _restarts_close(table: pd.DataFrame | None) -> bool:
-    if table is None:
-        return False
+def _variants(table: pd.DataFrame) -> tuple[float, dict[str, tuple[float, bool]]]:
+    """A diagnosis table's APGD minimum (%) and, per rerun variant, its accuracy (%) and whether that is
+    within the APGD margin (the rows between the two "as evaluated" ones and the APGD row)."""
     apgd = float(table.loc["min(APGD-CE, APGD-DLR)", "accuracy (%)"])
-    rows = [v for v in table.index if "restarts" in v]
-    return all(float(table.loc[v, "accuracy (%)"]) <= apgd + 100 * APGD_GAP for v in rows)
+    acc = {v: float(table.loc[v, "accuracy (%)"]) for v in table.index[2:-1]}
+    return apgd, {v: (a, a <= apgd + 100 * APGD_GAP) for v, a in acc.items()}
+
+
+def _restarts_close(table: pd.DataFrame | None) -> bool:
+    return table is not None and all(ok for v, (_, ok) in _variants(table)[1].items() if "restarts" in v)
 
 
 def diagnosis_text(name: str, table: pd.DataFrame) -> str:
     """Markdown: does a cosine step schedule or do restarts bring atlib's PGD within 2 pp of APGD?"""
-    apgd = float(table.loc["min(APGD-CE, APGD-DLR)", "accuracy (%)"])
-    lines = []
-    for variant in table.index[2:-1]:
-        a = float(table.loc[variant, "accuracy (%)"])
-        ok = a <= apgd + 100 * APGD_GAP
-        lines.append(f"- {name}, {variant}: {a:.1f}% vs APGD minimum {apgd:.1f}% → "
-                     f"{'within' if ok else '**still more than**'} {100 * APGD_GAP:.0f} pp")
-    return "\n".join(lines)
+    apgd, variants = _variants(table)
+    return "\n".join(f"- {name}, {v}: {a:.1f}% vs APGD minimum {apgd:.1f}% → "
+                     f"{'within' if ok else '**still more than**'} {100 * APGD_GAP:.0f} pp"
+                     for v, (a, ok) in variants.items())
+
+
+def show_diagnoses(diagnoses: Mapping[str, pd.DataFrame], n: int, noun: str = "model") -> None:
+    """Display each flagged model's diagnosis table and its verdicts (or that nothing was flagged)."""
+    from IPython.display import Markdown, display
+
+    if not diagnoses:
+        display(Markdown(f"No {noun} is flagged against APGD: nothing to diagnose."))
+    for name, table in diagnoses.items():
+        display(Markdown(f"**{name}**: atlib PGD variants against APGD on the same {n} samples"))
+        display(table)
+        display(Markdown(diagnosis_text(name, table)))
 
 
 # ---------------------------------------------------------------- tables, text, summary

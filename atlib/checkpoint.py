@@ -9,7 +9,7 @@ run is ignored with a warning instead of being resumed.
 from __future__ import annotations
 
 import hashlib
-import os
+import io
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .store import atomic_write
 
 FORMAT = 1
 
@@ -28,15 +30,12 @@ def fingerprint(cfg: Any, seed: int, n: int, model: nn.Module) -> str:
 
 
 def save(path: str | Path, state: dict) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then ``os.replace``: a kill never leaves half a file."""
+    """``torch.save`` written atomically (:func:`atlib.store.atomic_write`): a kill never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
 
 
 def load(path: str | Path, fp: str) -> dict | None:

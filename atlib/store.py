@@ -78,9 +78,9 @@ class Store:
         torch.save(obj, buf)
         payload = buf.getvalue()
         blob = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
-        _atomic_write(self.path(key), blob)
+        atomic_write(self.path(key), blob)
         if meta is not None:
-            _atomic_write(self.root / f"{key}.json", json.dumps(_canonical(meta), indent=1).encode())
+            atomic_write(self.root / f"{key}.json", json.dumps(_canonical(meta), indent=1).encode())
         return self.path(key)
 
     def load(self, key: str) -> Any | None:
@@ -113,7 +113,8 @@ class Store:
         return obj, False
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace``: a kill never leaves half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -169,12 +169,7 @@ display(Markdown(ar.verdict_text(records)))
 
 # %%
 diagnoses = ar.diagnose_runs(ctx, runs, records)
-if not diagnoses:
-    display(Markdown("No model is flagged against APGD: nothing to diagnose."))
-for name, table in diagnoses.items():
-    display(Markdown(f"**{name}**: atlib PGD variants against APGD on the same {records[0]['n']} samples"))
-    display(table)
-    display(Markdown(ar.diagnosis_text(name, table)))
+ar.show_diagnoses(diagnoses, records[0]["n"])
 
 # %% [markdown]
 # ## The distilled students of chapter 04
@@ -216,12 +211,7 @@ display(Markdown(ar.verdict_text(student_records)))
 
 # %%
 student_diagnoses = ar.diagnose_students(ctx, grid, student_records)
-if not student_diagnoses:
-    display(Markdown("No student is flagged against APGD: nothing to diagnose."))
-for name, table in student_diagnoses.items():
-    display(Markdown(f"**{name}**: atlib PGD variants against APGD on the same {student_records[0]['n']} samples"))
-    display(table)
-    display(Markdown(ar.diagnosis_text(name, table)))
+ar.show_diagnoses(student_diagnoses, student_records[0]["n"], noun="student")
 if student_diagnoses:
     display(Markdown(ar.quoted_vs_apgd(student_records, student_diagnoses)))
 
