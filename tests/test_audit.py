@@ -284,7 +284,8 @@ def test_settings_for_every_profile_and_errors():
     assert all(n in str(e.value) for n in PROFILES)
     for bad, frag in ((dict(linf_grid=(0.0, 0.1)), "linf_grid"), (dict(linf_grid=(0.0, 0.3, 0.1, 0.5)), "linf_grid"),
                       (dict(few_steps=50, many_steps=10), "few_steps"), (dict(masking_subset=0), "masking_subset"),
-                      (dict(main_subset=0), "main_subset"), (dict(restarts=1), "restarts")):
+                      (dict(main_subset=0), "main_subset"), (dict(restarts=1), "restarts"),
+                      (dict(student_seeds=0), "student_seeds")):
         with pytest.raises(ValueError, match=frag):
             audit.AuditSettings(**({"main_subset": None, "masking_subset": 10, "apgd_steps": 5} | bad))
 

@@ -50,3 +50,10 @@ def test_atlib_side_trains_with_the_profiles_attack():
     train_attack = get_profile("fashion").train_config(get_profile("fashion").main_at).attack
     assert a.keep_best is train_attack.keep_best is False
     assert a.step_size == pytest.approx(2.5 * a.eps / 7) and a.random_start
+
+
+@pytest.mark.parametrize("bad,frag", [({"model": "vgg"}, "unknown bench model 'vgg'"), ({"batch_size": 0}, "bad bench config"),
+                                      ({"repeats": 0}, "bad bench config"), ({"steps": -1}, "bad bench config")])
+def test_bad_bench_config_says_what_is_wrong(bad, frag):
+    with pytest.raises(ValueError, match=frag):
+        BenchConfig(**({"batch_size": 4, "steps": 1, "n_images": 8, "repeats": 1} | bad))

@@ -86,3 +86,15 @@ def test_sharded_random_start_is_the_global_batch_sliced(digits):
     parts = [shard(9, r, 2) for r in range(2)]
     pieces = [atk(x[p.start:p.stop], y[p.start:p.stop], torch.Generator().manual_seed(5), p) for p in parts]
     assert torch.equal(torch.cat(pieces), full)
+
+
+def test_too_small_a_global_batch_for_the_ranks_is_refused(monkeypatch, digits):
+    """A global batch with fewer samples than ranks would leave a rank without data: a clear error, before
+    any process-group call (the world size is faked, so no group is needed)."""
+    from atlib import train as T
+    from atlib.models import build_model
+
+    monkeypatch.setattr(T.ddp, "rank_world", lambda: (0, 4))
+    model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 8)
+    with pytest.raises(ValueError, match="at least one sample per rank"):
+        T.train(model, digits.train_x[:10], digits.train_y[:10], T.TrainConfig(1, 3, 0.1), seed=0, progress=False)
