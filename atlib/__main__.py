@@ -8,6 +8,16 @@ import sys
 from .profiles import DEFAULT_PROFILE, PROFILES
 
 
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need a whole number >= 1 (1 runs every job in-process)")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atlib", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -17,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--cache-dir", default=None, help="artifact cache (default $ATLIB_CACHE or ~/.cache/atlib)")
     common.add_argument("--data-root", default=None, help="dataset folder (default $ATLIB_DATA, system paths, download)")
     common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    common.add_argument("--workers", type=_workers, default=None,
+                        help="processes for independent cached jobs, one thread each (default $ATLIB_WORKERS, else "
+                             "one per CPU core up to 8 on the CPU, 1 on CUDA or for the smoke profile)")
     b = sub.add_parser("book", parents=[common], help="execute the chapters with papermill and build the HTML book")
     b.add_argument("--out", default=None, help=f"output folder (default: book/, the published book, for "
                                                f"{DEFAULT_PROFILE}; _build/books/<profile>/ for any other profile)")
@@ -55,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "book":
             run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html,
-                     record=not args.no_record)
+                     record=not args.no_record, workers=args.workers)
         elif args.cmd == "html":
             print(f"HTML: {render_book(args.out) / 'index.html'}")
         else:
             from .compute import compute_all
 
-            print(f"in the cache: {compute_all(args.profile, args.cache_dir, args.data_root, args.device)}")
+            print(f"in the cache: {compute_all(args.profile, args.cache_dir, args.data_root, args.device, args.workers)}")
     except (UnknownProfileError, DataNotFoundError, BookError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UnknownProfileError) else 1

@@ -32,9 +32,10 @@ from tqdm.auto import tqdm
 
 from . import attacks, compat, evaluate, train
 from .attacks import AttackConfig
-from .masking import CHANCE_EPS, correct, masking_checks, noise_threshold, same_family  # noqa: F401 (re-exported)
+from .masking import CHANCE_EPS, masking_checks, noise_threshold, same_family  # noqa: F401 (re-exported)
 from .runtime import progress_default
 from .store import Store, artifact_key, code_version, model_hash, tensor_hash
+from .train import correct  # noqa: F401 (re-exported)
 
 Tensor = torch.Tensor
 SCHEMA = 1  # bump when a payload layout changes

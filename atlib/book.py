@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from . import claims, pages
+from . import claims, pages, pool
 from .profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile
 from .runtime import device_name, pick_device
 
@@ -186,11 +186,16 @@ def _now() -> str:
 
 def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str | None = None,
              data_root: str | None = None, device: str | None = None, html: bool = True,
-             record: bool = False) -> Path:
+             record: bool = False, workers: int | None = None) -> Path:
     """Execute every chapter for ``profile`` into ``out`` and build the HTML; returns summary.json's path.
 
     ``record``: after a successful build, also copy summary.json to ``results/<profile>/summary.json``.
+    ``workers``: processes for the chapters' cache-filling jobs (``$ATLIB_WORKERS``; see :mod:`atlib.pool`).
     """
+    if workers is not None:
+        if workers < 1:
+            raise BookError(f"--workers {workers}: need >= 1 (1 runs every job in-process)")
+        os.environ["ATLIB_WORKERS"] = str(workers)  # the chapters' kernels inherit it
     p = get_profile(profile)
     out_dir = Path(out).resolve() if out is not None else default_out(p.name)
     check_out(p.name, out_dir)
@@ -210,7 +215,12 @@ def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str 
     # the kernel's device; for a CPU the machine's cores (the runner's own torch thread count may differ)
     machine = device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     t0 = time.perf_counter()
-    print(f"atbook: profile {p.name!r} on {device_name(dev)}, {len(srcs)} chapters → {out_dir}", flush=True)
+    try:
+        n_workers = pool.default_workers(dev, p.pool_jobs)
+    except ValueError as e:  # a bad $ATLIB_WORKERS
+        raise BookError(str(e)) from None
+    print(f"atbook: profile {p.name!r} on {device_name(dev)}, {n_workers} worker process(es) for cached jobs, "
+          f"{len(srcs)} chapters → {out_dir}", flush=True)
     chapters = {}
     for i, src in enumerate(srcs, 1):
         tc = time.perf_counter()
@@ -226,7 +236,7 @@ def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str 
         print(f"done in {time.perf_counter() - tc:.0f}s (total {time.perf_counter() - t0:.0f}s)", flush=True)
     shutil.rmtree(out_dir / "_executing", ignore_errors=True)
     summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": machine,
-                                      "git_commit": commit, "executed_at": started,
+                                      "git_commit": commit, "executed_at": started, "workers": n_workers,
                                       "elapsed_s": round(time.perf_counter() - t0, 1), "chapters": chapters})
     print(f"summary: {summary}", flush=True)
     pages.write_ledger(out_dir, json.loads(summary.read_text()), tuple(PROFILES))

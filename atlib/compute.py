@@ -4,12 +4,18 @@ Fills the artifact cache (on a GPU box, say) so that a later ``python -m atlib b
 only loads: chapter 02's models (which chapters 01, 03 and 05 reuse), chapter 03's accuracy-matched
 control, chapter 04's students and chapter 05's audit of every model. Chapter 01's linear models and
 first-order checks are cheap and stay with the chapter.
+
+Under ``torchrun --nproc_per_node N`` chapter 02's models (the bulk of the work) are trained with DDP, each
+rank on a shard of every batch, and only rank 0 writes them; then rank 0 computes the rest alone (the
+students, controls and audits are many small jobs, not one big one) and the other ranks exit.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import audit, confidence, distill_runs
+import torch
+
+from . import audit, confidence, distill_runs, distributed
 from . import experiments as ex
 from .profiles import Profile
 
@@ -31,9 +37,15 @@ class Computed:
 
 
 def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
-                device: str | None = None) -> Computed:
+                device: str | None = None, workers: int | None = None) -> Computed:
     """Run chapters 02–05's cached experiment functions in book order; returns what was computed."""
-    ctx = ex.context(profile, cache_dir, data_root, device)
+    ctx = ex.context(profile, cache_dir, data_root, device, workers)
+    if distributed.init_from_env(ctx.device):  # under torchrun: chapter 02's models with DDP, one shard per rank
+        runs = ex.training_runs(ctx)
+        rank = distributed.rank_world()[0]
+        torch.distributed.destroy_process_group()
+        if rank != 0:  # rank 0 (which wrote the models) goes on alone with the rest
+            return Computed(len(runs), sum(r.cached for r in runs), 0, 0, 0, 0)
     runs = ex.training_runs(ctx)  # chapter 02 (and 01, 03, 05 reuse them)
     confidence.analyse(ctx, data_root)  # chapter 03: the early-stopped, accuracy-matched control
     grid = distill_runs.run_grid(ctx)  # chapter 04

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from scipy import stats as sps
 
 from . import experiments as ex
 from . import stats
+from .stats import kendall, spearman
 from .confidence_matched import MatchedControl, matched_control
 from .profiles import ModelSpec
 from .runtime import progress_default
@@ -79,34 +79,6 @@ def saturated_fraction(z: Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------- rank correlations
-def _check_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(a.cpu() if isinstance(a, Tensor) else a, dtype=float).ravel()
-    y = np.asarray(b.cpu() if isinstance(b, Tensor) else b, dtype=float).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"rank correlation needs equal lengths, got {x.size} and {y.size}")
-    if x.size < 3:
-        raise ValueError(f"rank correlation needs at least 3 samples, got {x.size}")
-    if not (np.isfinite(x).all() and np.isfinite(y).all()):
-        raise ValueError("rank correlation got non-finite scores (use log-odds, not log of a saturated p)")
-    return x, y
-
-
-def spearman(a: Any, b: Any) -> float:
-    """Spearman's ρ (ties get average ranks); NaN if one input is constant."""
-    x, y = _check_pair(a, b)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(sps.spearmanr(x, y).statistic)
-
-
-def kendall(a: Any, b: Any) -> float:
-    """Kendall's τ-b (corrected for ties); NaN if one input is constant."""
-    x, y = _check_pair(a, b)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(sps.kendalltau(x, y).statistic)
-
-
 CORRELATIONS: dict[str, Callable[[Any, Any], float]] = {"spearman": spearman, "kendall": kendall}
 
 

@@ -215,6 +215,7 @@ def calibrate(ctx: experiments.Context, target_gap: float, seed: int, rel_tol: f
     ``seed``) is closest to ``target_gap``; ``matched`` says whether it is within ``rel_tol`` of it.
     Robustness plays no part in the choice."""
     st = settings(ctx.profile.name)
+    experiments.fill(ctx, [(control_model, (kind, s, seed)) for kind in KINDS for s in st.grid(kind)], "controls")
     out = {}
     for kind in KINDS:
         gaps = {s: float(stats.logit_gap(control_model(ctx, kind, s, seed)[1]["calib_logits"]).mean())
@@ -223,6 +224,13 @@ def calibrate(ctx: experiments.Context, target_gap: float, seed: int, rel_tol: f
         out[kind] = {"grid": list(gaps), "calib_gap": list(gaps.values()), "chosen": chosen,
                      "chosen_gap": gaps[chosen], "matched": bool(abs(gaps[chosen] - target_gap) <= rel_tol * target_gap)}
     return out
+
+
+def control_evals(ctx: experiments.Context, cal: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Tensor]]]:
+    """Per control: :func:`control_eval` of its calibrated strength at every seed of the profile."""
+    jobs = {kind: [(kind, c["chosen"], s) for s in ctx.profile.seeds] for kind, c in cal.items()}
+    experiments.fill(ctx, [(control_eval, j) for js in jobs.values() for j in js], "controls")
+    return {kind: [control_eval(ctx, *j) for j in js] for kind, js in jobs.items()}
 
 
 def robust_acc(logits: dict[str, Tensor], y: Tensor) -> dict[str, float]:

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import AttackConfig, make_attack
-from .train import TrainingDiverged, one_cycle, predict
+from .train import TrainingDiverged, correct, one_cycle
 
 Tensor = torch.Tensor
 REDUCTIONS = ("batchmean", "mean")
@@ -134,11 +134,6 @@ def distill(model: nn.Module, x: Tensor, targets: Tensor, y: Tensor, cfg: Distil
 
 # ----------------------------------------------------------------------------------- survivor attacks
 @torch.no_grad()
-def correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Per-sample bool (CPU): the model classifies x correctly."""
-    return predict(model, x).argmax(1) == y.cpu()
-
-
 def survivors(model: nn.Module, x: Tensor, y: Tensor, alive: Tensor, cfg: AttackConfig, seed: int,
               batch_size: int = 500, source: nn.Module | None = None) -> Tensor:
     """``alive`` AND "the attack ``cfg`` (crafted on ``source``, default the model itself) fails", computed by

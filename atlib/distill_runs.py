@@ -160,7 +160,7 @@ def evaluate_student(ctx: Context, model: nn.Module, model_key: str, seed: int,
            "transfer": {k: tensor_hash(v) for k, v in transfer.items()}}
 
     def compute() -> dict[str, Tensor]:
-        r: dict[str, Tensor] = {"clean": distill.correct(model, x, y)}
+        r: dict[str, Tensor] = {"clean": train.correct(model, x, y)}
         for i, k in enumerate(("ce", "margin", "few")):
             r[k] = distill.survivors(model, x, y, r["clean"], A[k], seed + 1000 * i)
         r["many"] = distill.survivors(model, x, y, r["ce"] & r["margin"], A["many"], seed + 3000)
@@ -169,7 +169,7 @@ def evaluate_student(ctx: Context, model: nn.Module, model_key: str, seed: int,
             alive = distill.survivors(model, x, y, alive, c, seed + 4000 + j)
             r[f"eps_{c.eps:g}"] = alive
         for k, xa in transfer.items():
-            r[f"transfer_{k}"] = distill.correct(model, xa, y)
+            r[f"transfer_{k}"] = train.correct(model, xa, y)
         return r
 
     r, hit = ctx.store.get_or_compute(artifact_key("distill_eval", cfg, EVAL_CODE, ctx.data.fingerprint),
@@ -279,9 +279,15 @@ def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
     progress = progress_default() if progress is None else progress
     t0 = time.perf_counter()
     seeds = ctx.profile.seeds
+    experiments.fill(ctx, [(experiments.model_run, (sp, s)) for s in seeds
+                           for sp in (ctx.profile.main_at, ModelSpec("standard"))], "teachers", progress)
     tea = {s: teachers(ctx, s, progress) for s in seeds}
     outs = {s: teacher_outputs(ctx, tea[s]) for s in seeds}
+    for s in seeds:
+        _transfers(ctx, tea[s], s)  # here once, not raced by the workers below
     jobs = [(a, T, s) for s in seeds for a, T in configs(ctx)]
+    experiments.fill(ctx, [(ceiling_run, (s,)) for s in seeds] + [(student_run, j) for j in jobs],  # longest first
+                     "students", progress)
     bar = tqdm(jobs, desc=f"{ctx.profile.name}: students", disable=not progress)
     students = []
     for a, T, s in bar:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .stats import spearman
+
 Tensor = torch.Tensor
 
 
@@ -239,19 +241,6 @@ def ratio_rescale_inverts(p: Tensor, m: float) -> float:
     top = p.max(dim=1)
     rest = p.scatter(1, top.indices[:, None], -1.0).max(dim=1).values
     return float((rest * (1 - m) / (1 - top.values).clamp_min(1e-300) >= m).double().mean())
-
-
-def _rank(x: Tensor) -> Tensor:
-    return x.argsort().argsort().double()
-
-
-def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman's ρ of two score vectors (NaN if either is constant)."""
-    ra, rb = _rank(a), _rank(b)
-    if float(a.std()) == 0 or float(b.std()) == 0:
-        return float("nan")
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
 def properties(p: Tensor, t: TeacherLogits, T: float) -> dict[str, float]:

@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import attacks, data, evaluate, models, stats, train
+from . import attacks, data, distributed, evaluate, models, pool, stats, train
 from .profiles import ModelSpec, Profile, get_profile
 from .runtime import pick_device, progress_default, seed_everything, strict_determinism
 from .store import Store, artifact_key, code_version
@@ -42,18 +43,40 @@ class Context:
     eval_index: Tensor
     store: Store
     device: torch.device
+    data_root: str | None = None
+    workers: int = 1  # processes for cache-filling jobs (atlib.pool); 1: everything in-process
 
 
 def context(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
-            device: str | None = None) -> Context:
-    """Load the profile's data onto the device and open the store (data loading is memoised)."""
+            device: str | None = None, workers: int | None = None) -> Context:
+    """Load the profile's data onto the device and open the store (data loading is memoised).
+
+    ``workers``: default ``$ATLIB_WORKERS``, else one per CPU core (at most 8) on the CPU for a profile
+    whose jobs are worth a process (``Profile.pool_jobs``), else 1 (and always 1 on CUDA unless set).
+    """
     p = get_profile(profile)
     dev = pick_device(device)
     if os.environ.get("ATLIB_DETERMINISTIC"):
         strict_determinism()
     d = _load_data(p.dataset, data_root, str(dev)).subset(p.train_subset)
     idx = data.eval_indices(len(d.test_y), p.eval_subset)
-    return Context(p, d, d.test_x[idx.to(dev)], d.test_y[idx.to(dev)], idx, Store(cache_dir), dev)
+    n = pool.default_workers(dev, p.pool_jobs) if workers is None else int(workers)
+    if n < 1:
+        raise ValueError(f"workers={workers!r}: need >= 1 (1 runs every job in-process)")
+    return Context(p, d, d.test_x[idx.to(dev)], d.test_y[idx.to(dev)], idx, Store(cache_dir), dev,
+                   None if data_root is None else str(data_root), n)
+
+
+def fill(ctx: Context, jobs: Sequence[pool.Job], desc: str, progress: bool | None = None) -> int:
+    """Compute the jobs not yet in the store in ``ctx.workers`` single-thread processes (see :mod:`atlib.pool`);
+    returns how many ran. A no-op with one worker: the caller's own calls then compute in-process."""
+    if ctx.workers <= 1 or distributed.rank_world()[1] > 1:  # under torchrun the ranks share each job
+        return 0
+    todo = pool.missing(ctx.store, ctx, jobs)
+    progress = progress_default() if progress is None else progress
+    pool.run(todo, ctx.workers, context, (ctx.profile, str(ctx.store.root), ctx.data_root, str(ctx.device), 1),
+             desc=f"{ctx.profile.name}: {desc}", progress=progress)
+    return len(todo)
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,25 +120,44 @@ def run_config(ctx: Context, spec: ModelSpec, seed: int) -> dict[str, Any]:
     p = ctx.profile
     return {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
             "width": p.width, "spec": asdict(spec), "train": p.train_config(spec), "seed": seed,
-            "eval_subset": p.eval_subset}
+            "eval_subset": p.eval_subset, "fast": fast(ctx)}
+
+
+def fast(ctx: Context) -> bool:
+    """Whether training takes atlib's CUDA fast path (bf16, channels_last, compile): the profile asks for it
+    (``Profile.fast``) and the device is a GPU. Part of every model's cache key: bf16 changes the floats."""
+    return ctx.profile.fast and ctx.device.type == "cuda"
+
+
+def checkpoint_path(ctx: Context, key: str) -> Path:
+    """Where training of the artifact ``key`` keeps its per-epoch checkpoint until the artifact is stored."""
+    return ctx.store.root / "checkpoints" / f"{key}.pt"
 
 
 def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None
                   ) -> tuple[nn.Module, dict[str, Any], str, bool]:
-    """Train one model, or load it: ``(model in eval mode, {history, train_seconds}, cache key, hit)``."""
+    """Train one model, or load it: ``(model in eval mode, {history, train_seconds}, cache key, hit)``.
+
+    Training checkpoints every epoch (:func:`checkpoint_path`): a run killed mid-way resumes from its last
+    finished epoch when asked again (the same call, the same ``compute`` or ``book`` command)."""
     progress = progress_default() if progress is None else progress
     cfg = run_config(ctx, spec, seed)
     key = artifact_key("model", cfg, TRAIN_CODE, ctx.data.fingerprint)
     model = build(ctx, seed)
 
+    ckpt = checkpoint_path(ctx, key)
+
     def compute() -> dict[str, Any]:
         t0 = time.perf_counter()
         hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(spec), seed,
-                           monitor=(ctx.eval_x, ctx.eval_y), name=f"train {spec.label} seed {seed}", progress=progress)
+                           monitor=(ctx.eval_x, ctx.eval_y), name=f"train {spec.label} seed {seed}", progress=progress,
+                           checkpoint=ckpt, fast=fast(ctx))
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
                 "train_seconds": time.perf_counter() - t0}
 
     payload, hit = ctx.store.get_or_compute(key, compute, meta=cfg)
+    if not hit and distributed.rank_world()[0] == 0:
+        ckpt.unlink(missing_ok=True)  # the artifact is stored: a resume point is no longer needed
     if hit:
         model.load_state_dict(payload["state_dict"])
     model.eval()
@@ -144,6 +186,9 @@ def training_runs(ctx: Context, specs: tuple[ModelSpec, ...] | None = None,
     """Every (spec, seed) of the profile (or of ``specs``), trained or loaded."""
     progress = progress_default() if progress is None else progress
     jobs = [(s, seed) for s in (specs or ctx.profile.model_specs()) for seed in ctx.profile.seeds]
+    steps = {s: (a.steps + 1 if (a := ctx.profile.train_config(s).attack) else 1) for s, _ in jobs}
+    longest_first = sorted(jobs, key=lambda j: -steps[j[0]])  # fewer idle workers at the end
+    fill(ctx, [(model_run, job) for job in longest_first], "models", progress)
     bar = tqdm(jobs, desc=f"{ctx.profile.name}: models", disable=not progress)
     out = []
     for spec, seed in bar:

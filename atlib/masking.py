@@ -25,6 +25,7 @@ from torch import nn
 
 from . import attacks, evaluate, train
 from .attacks import AttackConfig
+from .train import correct
 from .store import Store, artifact_key, code_version, model_hash, tensor_hash
 
 
@@ -42,11 +43,6 @@ class MaskingSettings(Protocol):
 Tensor = torch.Tensor
 SCHEMA = 1  # bump when a payload layout changes
 CHANCE_EPS = 0.5  # L∞ radius at which every [0, 1] image reaches the grey image
-
-
-def correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> Tensor:
-    """Per-sample bool (CPU): is ``model`` right on ``x``?"""
-    return train.predict(model, x, batch_size).argmax(1) == y.cpu()
 
 
 def noise_threshold(p: float, n: int) -> float:

@@ -104,6 +104,8 @@ class Profile:
     train_steps: int
     eval_steps: int
     meant_for: str = "cpu"
+    pool_jobs: bool = True  # CPU: train independent models in worker processes (atlib.pool); off where jobs take ~1 s
+    fast: bool = False  # on CUDA: train with atlib's fast path (bf16 autocast, channels_last, fused SGD, compile)
     distill: DistillSettings = DistillSettings()  # chapter 04
 
     def with_seeds(self, seeds: tuple[int, ...] | list[int]) -> "Profile":
@@ -143,6 +145,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             dataset="digits", arch="mlp", width=64, train_subset=None, eval_subset=None, seeds=(0, 1),
             epochs=20, batch_size=64, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=0.5, train_steps=5, eval_steps=20,
+            pool_jobs=False,  # each job ~1 s, a worker's start ~4 s: measured slower pooled
             distill=DistillSettings(student_width=32, epochs=6, batch_size=128, lrs=(0.03, 0.015), eval_subset=200)),
     Profile("fashion", "Fashion-MNIST, a small stride-2 CNN, a 10k training subset and a fixed 1k evaluation "
             "subset: the default book, minutes on a 2-core CPU",
@@ -158,7 +161,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             "for a GPU", dataset="cifar10", arch="preact_resnet18", width=64, train_subset=None, eval_subset=1000,
             seeds=(0, 1, 2), epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, augment=True,
             linf_eps=8 / 255, linf_sweep=(0.0, 4 / 255, 8 / 255), l2_eps=0.5, train_steps=10, eval_steps=20,
-            meant_for="gpu", distill=DistillSettings(student_width=32, epochs=20, sweep_eps=(16 / 255, 0.1, 0.5))),
+            meant_for="gpu", fast=True, distill=DistillSettings(student_width=32, epochs=20, sweep_eps=(16 / 255, 0.1, 0.5))),
 )}
 
 

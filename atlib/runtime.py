@@ -9,14 +9,19 @@ import torch
 
 
 def pick_device(name: str | None = None) -> torch.device:
-    """``name`` if given (``cpu``, ``cuda``, ``cuda:1``), else ``$ATLIB_DEVICE``, else CUDA if available."""
+    """``name`` if given (``cpu``, ``cuda``, ``cuda:1``), else ``$ATLIB_DEVICE``, else CUDA if available
+    (under ``torchrun``: ``cuda:$LOCAL_RANK``), else the CPU."""
     name = name or os.environ.get("ATLIB_DEVICE")
     if name:
         dev = torch.device(name)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
         return dev
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one GPU per local rank
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cuda")
 
 
 def seed_everything(seed: int) -> None:
@@ -29,7 +34,8 @@ def seed_everything(seed: int) -> None:
 def strict_determinism(on: bool | None = None) -> bool:
     """Opt in to bitwise-reproducible CUDA runs (``on``, else ``$ATLIB_DETERMINISTIC=1``); returns the state.
 
-    CPU runs are already bitwise reproducible for a fixed seed and thread count. On CUDA, cuDNN's
+    CPU runs are already bitwise reproducible for a fixed seed and thread count (jobs in worker processes,
+    :mod:`atlib.pool`, run on one thread each). On CUDA, cuDNN's
     autotuned convolution algorithms and atomics-based kernels (e.g. scatter-add in backward passes)
     vary from run to run; this switches to deterministic kernels (slower, and an op that has none
     raises an error naming it) and sets the cuBLAS workspace that deterministic matmuls need.

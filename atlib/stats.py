@@ -4,13 +4,16 @@ Everything here takes a ``(N, K)`` tensor of logits (and labels where needed) an
 Names follow the paper: the *max logit*, the *logit gap* (top-1 minus top-2) and the *margin*
 (true-class logit minus the largest other one; equal to the gap on correctly classified samples).
 Softmax ignores a common shift of a sample's logits, so the raw max logit is not pinned down by the
-loss; the *centred* max logit (max minus the mean logit) is.
+loss; the *centred* max logit (max minus the mean logit) is. Rank correlations of per-sample scores
+(Spearman, Kendall; ties get average ranks) close the module.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,3 +111,32 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> Interval:
         return Interval(float(x[0]), math.nan, 1)
     t = float(_sps.t.ppf(0.5 + level / 2, df=x.size - 1))
     return Interval(float(x.mean()), t * float(x.std(ddof=1)) / math.sqrt(x.size), int(x.size))
+
+
+# ---------------------------------------------------------------------------------- rank correlations
+def _check_pair(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(a.cpu() if isinstance(a, Tensor) else a, dtype=float).ravel()
+    y = np.asarray(b.cpu() if isinstance(b, Tensor) else b, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"rank correlation needs equal lengths, got {x.size} and {y.size}")
+    if x.size < 3:
+        raise ValueError(f"rank correlation needs at least 3 samples, got {x.size}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("rank correlation got non-finite scores (use log-odds, not log of a saturated p)")
+    return x, y
+
+
+def spearman(a: Any, b: Any) -> float:
+    """Spearman's ρ (ties get average ranks); NaN if one input is constant."""
+    x, y = _check_pair(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(_sps.spearmanr(x, y).statistic)
+
+
+def kendall(a: Any, b: Any) -> float:
+    """Kendall's τ-b (corrected for ties); NaN if one input is constant."""
+    x, y = _check_pair(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(_sps.kendalltau(x, y).statistic)

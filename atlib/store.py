@@ -8,13 +8,14 @@ recomputed, never served. Writes go to a temp file in the same folder, then ``os
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -23,6 +24,10 @@ import torch
 
 MAGIC = b"ATLIB-ARTIFACT v1\n"
 T = TypeVar("T")
+
+
+class CacheMiss(LookupError):
+    """Raised by :meth:`Store.get_or_compute` inside :meth:`Store.probing` instead of computing a missing artifact."""
 
 
 class CorruptArtifactWarning(UserWarning):
@@ -68,12 +73,27 @@ class Store:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._probing = False
+
+    @contextlib.contextmanager
+    def probing(self) -> Iterator[None]:
+        """Within this block a missing artifact raises :class:`CacheMiss` instead of being computed."""
+        before, self._probing = self._probing, True
+        try:
+            yield
+        finally:
+            self._probing = before
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
     def save(self, key: str, obj: Any, meta: Mapping[str, Any] | None = None) -> Path:
-        """Atomically write ``obj`` (tensors, dicts, lists, numbers, strings) under ``key``."""
+        """Atomically write ``obj`` (tensors, dicts, lists, numbers, strings) under ``key``.
+
+        Under ``torchrun`` only rank 0 writes: every rank computed the same artifact (DDP keeps the
+        replicas equal), so one copy is written, once, instead of N racing ones."""
+        if _distributed_rank() != 0:
+            return self.path(key)
         buf = io.BytesIO()
         torch.save(obj, buf)
         payload = buf.getvalue()
@@ -108,9 +128,16 @@ class Store:
         found = self.load(key)
         if found is not None:
             return found, True
+        if self._probing:
+            raise CacheMiss(key)
         obj = compute()
         self.save(key, obj, meta)
         return obj, False
+
+
+def _distributed_rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def atomic_write(path: Path, data: bytes) -> None:

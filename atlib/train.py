@@ -74,6 +74,11 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     return out
 
 
+def correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> Tensor:
+    """Per-sample bool (CPU): does ``model`` classify ``x`` correctly?"""
+    return predict(model, x, batch_size).argmax(1) == y.cpu()
+
+
 def _bf16() -> torch.autocast:
     """bf16 autocast on CUDA: tensor-core matmuls and convolutions; losses and reductions stay float32."""
     return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -245,7 +245,8 @@ slider = V.epsilon_slider(lin, "closed_form")  # evaluate `slider` in a live ses
 # the seed-mean of the median ratio bisection / predicted lies in [{glue:text}`flip_lo`, {glue:text}`flip_hi`].
 
 # %%
-deep = {"standard": ex.training_runs(ctx, (P.model_specs()[0],)), P.main_at.label: ex.training_runs(ctx, (P.main_at,))}
+deep_runs = ex.training_runs(ctx, (P.model_specs()[0], P.main_at))  # chapter 02's models, trained once
+deep = {"standard": report.runs_of(deep_runs, P.model_specs()[0]), P.main_at.label: report.runs_of(deep_runs, P.main_at)}
 flips = {label: [C.flip_radius(ctx, r.spec, r.seed, D) for r in rs] for label, rs in deep.items()}
 flip_sums = {label: [C.flip_summary(f) for f in fs] for label, fs in flips.items()}
 flip_v = {label: V.flip_verdict(ss) for label, ss in flip_sums.items()}
@@ -312,9 +313,8 @@ def _row(logits: dict, y: torch.Tensor) -> dict:
 
 ctrl_rows = {"standard": [_row(r.logits, r.labels) for r in deep["standard"]],
              P.main_at.label: [_row(r.logits, r.labels) for r in deep[P.main_at.label]]}
-for k, c in cal.items():
-    ctrl_rows[f"{C.KIND_LABELS[k]} = {c['chosen']:g}"] = [_row(C.control_eval(ctx, k, c["chosen"], s), ctx.eval_y)
-                                                        for s in P.seeds]
+for k, per_seed in C.control_evals(ctx, cal).items():
+    ctrl_rows[f"{C.KIND_LABELS[k]} = {cal[k]['chosen']:g}"] = [_row(logits, ctx.eval_y) for logits in per_seed]
 atk = C.linf_attacks(ctx)
 display(Markdown(f"Clean logit statistics on the {len(ctx.eval_y)} evaluation images and accuracy under "
                  f"{atk['linf_ce'].label} and {atk['linf_margin'].label} (random start); mean ± {report.ci_label()} t-interval "

@@ -18,6 +18,7 @@ torch.set_num_threads(1)
 def _isolated_env(monkeypatch, tmp_path):
     """No test sees the user's data folder or cache, and none can download."""
     monkeypatch.delenv("ATLIB_DATA", raising=False)
+    monkeypatch.delenv("ATLIB_WORKERS", raising=False)
     monkeypatch.setenv("ATLIB_NO_DOWNLOAD", "1")
     monkeypatch.setenv("ATLIB_CACHE", str(tmp_path / "cache-from-env"))
     monkeypatch.setenv("ATLIB_DOWNLOADS", str(tmp_path / "downloads"))

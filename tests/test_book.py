@@ -46,6 +46,7 @@ def test_summary_json(built):
     for key in ("profile", "dataset", "device", "git_commit", "elapsed_s", "models"):
         assert key in s, key
     assert s["profile"] == "smoke" and s["dataset"] == "digits"
+    assert s["workers"] == 1  # smoke's jobs run in the chapters' own processes (Profile.pool_jobs)
     models = s["models"]
     kinds = {(m["kind"], m["norm"]) for m in models}
     assert {("standard", None), ("at", "linf"), ("at", "l2")} <= kinds

@@ -105,3 +105,38 @@ def test_nan_names_model_epoch_and_batch(digits, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"digits-mlp: .* at epoch 1, first at batch 4 of 8"):
         train(model, x, y, TrainConfig(2, 32, 0.05), seed=0, progress=False, name="digits-mlp", checkpoint=ckpt)
     assert not ckpt.exists()  # nothing from a diverged epoch is saved
+
+
+def test_cached_model_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """``experiments.trained_model`` checkpoints every epoch: an interrupted call resumes on the next call,
+    ends equal to an uninterrupted run, and leaves no checkpoint behind once the model is stored."""
+    import dataclasses
+
+    from atlib import checkpoint as ckpt
+    from atlib import experiments as ex
+    from atlib.profiles import get_profile
+
+    p = dataclasses.replace(get_profile("smoke"), epochs=3, seeds=(0,))
+    spec = p.main_at
+    ctx = ex.context(p, tmp_path / "interrupted", workers=1)
+    real_save, saves = ckpt.save, []
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        saves.append(state["epoch"])
+        if len(saves) == 1:
+            raise KeyboardInterrupt  # as if the user stopped the kernel after epoch 1
+
+    monkeypatch.setattr(ckpt, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        ex.trained_model(ctx, spec, 0, progress=False)
+    assert len(list((tmp_path / "interrupted" / "checkpoints").glob("*.pt"))) == 1
+    model, payload, key, hit = ex.trained_model(ctx, spec, 0, progress=False)
+    assert not hit and saves == [1, 2, 3]  # resumed after epoch 1: epochs 2 and 3 only
+    assert not ex.checkpoint_path(ctx, key).exists()
+
+    monkeypatch.setattr(ckpt, "save", real_save)
+    ref, ref_payload, _, _ = ex.trained_model(ex.context(p, tmp_path / "straight", workers=1), spec, 0, progress=False)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    assert [h["train_loss"] for h in payload["history"]] == [h["train_loss"] for h in ref_payload["history"]]

@@ -13,7 +13,7 @@ from atlib import distill_report as rep
 from atlib import distill_runs as dr
 from atlib import distill_targets as dt
 from atlib import experiments as ex
-from atlib import stats
+from atlib import stats, train
 from atlib.profiles import DistillSettings
 
 N, K = 4000, 10
@@ -72,7 +72,7 @@ def test_standard_rescaled_keeps_std_ordering_and_takes_at_mean_confidence(teach
     p, std, at = dt.standard_rescaled(teachers, T), dt.soften(teachers.std, T), dt.soften(teachers.at, T)
     assert torch.equal(p.argsort(1), std.argsort(1)), "every sample keeps the standard ordering"
     # one temperature for all samples: the confidence ranking is nearly (not exactly) kept
-    assert dt.spearman(top(p).values, top(std).values) > 0.95
+    assert stats.spearman(top(p).values, top(std).values) > 0.95
     assert float(top(p).values.mean()) == pytest.approx(float(top(at).values.mean()), abs=1e-6)
     assert float(top(std).values.mean()) > float(top(at).values.mean()) + 0.05, "the mean actually moved"
 
@@ -137,8 +137,8 @@ def test_swap_confidence_takes_at_ordering_and_std_confidence(teachers):
     want = top(dt.standard_rescaled(teachers, T)).values
     assert torch.equal(p.argsort(1), at.argsort(1)), "AT's ordering kept"
     assert torch.allclose(top(p).values, want, atol=1e-9), "the standard teacher's (rescaled) confidence"
-    rho_at = dt.spearman(top(p).values, top(at).values)
-    assert rho_at < 0.95 and rho_at == pytest.approx(dt.spearman(want, top(at).values), abs=1e-6), \
+    rho_at = stats.spearman(top(p).values, top(at).values)
+    assert rho_at < 0.95 and rho_at == pytest.approx(stats.spearman(want, top(at).values), abs=1e-6), \
         "AT's own confidence pattern is replaced"
 
 
@@ -214,7 +214,7 @@ def test_survivors_only_attack_the_alive_and_never_revive(std_digits_mlp, digits
     x, y = digits.test_x[:100], digits.test_y[:100]
     alive = torch.zeros(100, dtype=torch.bool)
     assert not D.survivors(std_digits_mlp, x, y, alive, AttackConfig.cosine("linf", 0.1, 5), 0).any()
-    alive = D.correct(std_digits_mlp, x, y)
+    alive = train.correct(std_digits_mlp, x, y)
     out = D.survivors(std_digits_mlp, x, y, alive, AttackConfig.cosine("linf", 0.5, 10), 0)
     assert not (out & ~alive).any() and out.sum() < alive.sum()
 

@@ -98,3 +98,61 @@ def test_too_small_a_global_batch_for_the_ranks_is_refused(monkeypatch, digits):
     model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 8)
     with pytest.raises(ValueError, match="at least one sample per rank"):
         T.train(model, digits.train_x[:10], digits.train_y[:10], T.TrainConfig(1, 3, 0.1), seed=0, progress=False)
+
+
+RUNS = """
+import sys, dataclasses
+import torch
+torch.set_num_threads(1)
+from atlib import experiments as ex
+from atlib.distributed import init_from_env
+from atlib.profiles import get_profile
+assert init_from_env()
+p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), linf_sweep=(0.0, 0.1), train_subset=265)
+ctx = ex.context(p, sys.argv[1])
+runs = ex.training_runs(ctx, progress=False)
+assert len(runs) == 3 and not any(r.cached for r in runs)
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_training_runs_under_two_ranks_store_one_copy_equal_to_one_process(tmp_path):
+    """``torchrun -m atlib compute`` in small: both ranks train every model with DDP, only rank 0 writes."""
+    import dataclasses
+
+    from atlib import experiments as ex
+    from atlib.profiles import get_profile
+
+    cache, port, world = tmp_path / "cache", _free_port(), 2
+    procs = [subprocess.Popen([sys.executable, "-c", RUNS, str(cache)],
+                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                   "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world)})
+             for r in range(world)]
+    try:
+        assert [p.wait(timeout=300) for p in procs] == [0] * world
+    finally:
+        for p in procs:
+            p.kill()
+    p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), linf_sweep=(0.0, 0.1), train_subset=265)
+    written = sorted(f.name.split("-")[0] for f in cache.glob("*.pt"))
+    assert written == ["evaluation"] * 3 + ["model"] * 3, written  # one copy each, no stray temp files
+    assert not list(cache.glob(".*.tmp")) and not list((cache / "checkpoints").glob("*"))
+    ddp_ctx, one_ctx = ex.context(p, cache, workers=1), ex.context(p, tmp_path / "one", workers=1)
+    for spec in p.model_specs():
+        got, ref = ex.model_run(ddp_ctx, spec, 0), ex.model_run(one_ctx, spec, 0)
+        assert got.cached and not ref.cached
+        for k, v in ref.model.state_dict().items():
+            torch.testing.assert_close(got.model.state_dict()[k], v, rtol=0, atol=1e-5, msg=f"{spec.name}: {k}")
+
+
+def test_only_rank_zero_writes_the_store(tmp_path, monkeypatch):
+    from atlib.store import Store
+
+    store = Store(tmp_path)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    store.save("k", {"a": 1})
+    assert store.load("k") is None and not list(tmp_path.iterdir())
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    store.save("k", {"a": 1})
+    assert store.load("k") == {"a": 1}

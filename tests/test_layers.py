@@ -7,7 +7,7 @@ import atlib
 LAYERS = {
     0: {"stats", "compat", "runtime", "__init__"},
     1: {"attacks", "models", "data", "store", "plots"},
-    2: {"train", "checkpoint", "distributed", "evaluate", "distill", "distill_targets", "masking"},
+    2: {"pool", "train", "checkpoint", "distributed", "evaluate", "distill", "distill_targets", "masking"},
     3: {"profiles", "experiments", "report", "theory", "confidence", "confidence_matched", "confidence_plots",
         "audit", "audit_report", "controls", "theory_views", "audit_report",
         "distill_runs", "distill_report", "distill_plots", "claims"},
