@@ -9,6 +9,7 @@ does, the tests do not), which is what the ledger of every later build reads for
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -94,8 +96,58 @@ def _kernel_dir(work: Path) -> str:
     return str(work / "kernels")
 
 
-def execute_chapter(src: Path, out_dir: Path, params: dict[str, Any]) -> Path:
-    """jupytext → papermill; the executed notebook lands in ``out_dir``; a failure raises BookError."""
+@contextlib.contextmanager
+def _kernelspec(work: Path) -> Iterator[None]:
+    """``$JUPYTER_PATH`` includes the atbook kernelspec (:func:`_kernel_dir`) while the block runs."""
+    env_before = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (_kernel_dir(work), env_before) if p)
+    try:
+        yield
+    finally:
+        if env_before is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = env_before
+
+
+@contextlib.contextmanager
+def shared_kernel(out_dir: Path) -> Iterator[Any]:
+    """One kernel for all the chapters of a build: torch, atlib and the data are loaded once and
+    atlib.pool's worker processes started once, not once per chapter (about 8 s a chapter on 2 cores).
+    :func:`execute_chapter` clears its user namespace before each chapter, so no chapter sees another's
+    variables; only imported modules (and their caches) carry over."""
+    from jupyter_client.manager import KernelManager
+
+    work = out_dir / "_executing"
+    work.mkdir(parents=True, exist_ok=True)
+    with _kernelspec(work):
+        km = KernelManager(kernel_name="atbook")
+        km.start_kernel(cwd=str(REPO))
+        try:
+            yield km
+        finally:
+            km.shutdown_kernel(now=False)
+
+
+def fresh_namespace(km: Any) -> None:
+    """Empty the user namespace of the kernel ``km`` and restart its execution count at 1."""
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=120)
+        reply = kc.execute_interactive("%reset -f\nget_ipython().execution_count = 1", store_history=False,
+                                       timeout=120)
+        if reply["content"]["status"] != "ok":
+            raise BookError(f"could not reset the chapters' kernel: {reply['content'].get('evalue')}")
+    finally:
+        kc.stop_channels()
+
+
+def execute_chapter(src: Path, out_dir: Path, params: dict[str, Any], km: Any = None) -> Path:
+    """jupytext → papermill; the executed notebook lands in ``out_dir``; a failure raises BookError.
+
+    ``km``: a started kernel (:func:`shared_kernel`) to run in, its namespace cleared first; default a
+    kernel of the chapter's own."""
     import jupytext
     import papermill as pm
 
@@ -106,11 +158,13 @@ def execute_chapter(src: Path, out_dir: Path, params: dict[str, Any]) -> Path:
     nb.metadata.pop("jupytext", None)
     src_nb, run_nb = work / f"{src.stem}.in.ipynb", work / f"{src.stem}.ipynb"
     jupytext.write(nb, src_nb)
-    env_before = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (_kernel_dir(work), env_before) if p)
+    if km is not None:
+        fresh_namespace(km)
     try:
-        pm.execute_notebook(str(src_nb), str(run_nb), parameters=params, kernel_name="atbook", cwd=str(REPO),
-                            progress_bar=sys.stderr.isatty(), log_output=False)
+        with _kernelspec(work):
+            pm.execute_notebook(str(src_nb), str(run_nb), parameters=params, kernel_name="atbook", cwd=str(REPO),
+                                progress_bar=sys.stderr.isatty(), log_output=False,
+                                **({"km": km} if km is not None else {}))
     except pm.PapermillExecutionError as e:
         failed = out_dir / "_failed" / f"{src.stem}.ipynb"
         failed.parent.mkdir(parents=True, exist_ok=True)
@@ -120,11 +174,6 @@ def execute_chapter(src: Path, out_dir: Path, params: dict[str, Any]) -> Path:
         raise BookError(f"chapter {src.stem} failed in cell {e.cell_index} (execution count {e.exec_count}):\n"
                         f"  {e.ename}: {e.evalue}\n  {where.strip()[:400]}\n"
                         f"  full notebook with the traceback: {failed}") from None
-    finally:
-        if env_before is None:
-            os.environ.pop("JUPYTER_PATH", None)
-        else:
-            os.environ["JUPYTER_PATH"] = env_before
     final = out_dir / f"{src.stem}.ipynb"
     shutil.move(str(run_nb), final)
     src_nb.unlink(missing_ok=True)
@@ -222,18 +271,19 @@ def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str 
     print(f"atbook: profile {p.name!r} on {device_name(dev)}, {n_workers} worker process(es) for cached jobs, "
           f"{len(srcs)} chapters → {out_dir}", flush=True)
     chapters = {}
-    for i, src in enumerate(srcs, 1):
-        tc = time.perf_counter()
-        print(f"[{i}/{len(srcs)}] {src.stem} ...", end=" ", flush=True)
-        try:
-            done = execute_chapter(src, out_dir, params)
-        except BookError:
-            print(f"FAILED after {time.perf_counter() - tc:.0f}s", flush=True)
-            raise
-        prov = provenance(p, machine, commit, time.perf_counter() - tc)
-        pages.finish_chapter(done, prov, str(src.relative_to(REPO)) if src.is_relative_to(REPO) else src.name)
-        chapters[src.stem] = prov.as_dict()
-        print(f"done in {time.perf_counter() - tc:.0f}s (total {time.perf_counter() - t0:.0f}s)", flush=True)
+    with shared_kernel(out_dir) as km:
+        for i, src in enumerate(srcs, 1):
+            tc = time.perf_counter()
+            print(f"[{i}/{len(srcs)}] {src.stem} ...", end=" ", flush=True)
+            try:
+                done = execute_chapter(src, out_dir, params, km)
+            except BookError:
+                print(f"FAILED after {time.perf_counter() - tc:.0f}s", flush=True)
+                raise
+            prov = provenance(p, machine, commit, time.perf_counter() - tc)
+            pages.finish_chapter(done, prov, str(src.relative_to(REPO)) if src.is_relative_to(REPO) else src.name)
+            chapters[src.stem] = prov.as_dict()
+            print(f"done in {time.perf_counter() - tc:.0f}s (total {time.perf_counter() - t0:.0f}s)", flush=True)
     shutil.rmtree(out_dir / "_executing", ignore_errors=True)
     summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": machine,
                                       "git_commit": commit, "executed_at": started, "workers": n_workers,

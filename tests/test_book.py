@@ -200,3 +200,19 @@ def test_html_lands_in_the_books_own_folder(monkeypatch, tmp_path):
     assert book.build_html(tmp_path) == tmp_path / "_build" / "html"
     cmd = seen["cmd"]
     assert cmd[cmd.index("--path-output") + 1] == str(tmp_path)
+
+
+def test_shared_kernel_gives_each_chapter_a_fresh_namespace(tmp_path):
+    """The runner executes every chapter in one kernel (imports paid once), but no chapter sees another's names."""
+    a, b, out = tmp_path / "01_a.py", tmp_path / "02_b.py", tmp_path / "out"
+    a.write_text("# %% tags=['parameters']\nprofile = 'smoke'\n\n# %%\nleak = 4711\nimport json\n")
+    b.write_text("# %% tags=['parameters']\nprofile = 'smoke'\n\n# %%\nimport sys\n"
+                 "assert 'leak' not in globals() and 'json' not in globals()\nassert 'json' in sys.modules\n")
+    with book.shared_kernel(out) as km:
+        book.execute_chapter(a, out, {"profile": "smoke"}, km)
+        done = book.execute_chapter(b, out, {"profile": "smoke"}, km)
+        assert km.is_alive()
+    assert not km.is_alive(), "the kernel is shut down with the build"
+    nb = json.loads(done.read_text())
+    counts = [c["execution_count"] for c in nb["cells"] if c["cell_type"] == "code"]
+    assert counts == list(range(1, len(counts) + 1)), "each chapter's execution count starts at 1"
