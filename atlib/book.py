@@ -129,14 +129,21 @@ def shared_kernel(out_dir: Path) -> Iterator[Any]:
             km.shutdown_kernel(now=False)
 
 
+# %reset -f also drops the namespace's dunders (__spec__, ...), which e.g. multiprocessing's spawn reads
+RESET = """get_ipython()._atbook_dunders = {k: v for k, v in globals().items() if k.startswith("__")}
+%reset -f
+globals().update(get_ipython()._atbook_dunders)
+get_ipython().execution_count = 1"""
+
+
 def fresh_namespace(km: Any) -> None:
-    """Empty the user namespace of the kernel ``km`` and restart its execution count at 1."""
+    """Empty the user namespace of the kernel ``km`` (as a fresh kernel has it) and restart its execution
+    count at 1."""
     kc = km.client()
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=120)
-        reply = kc.execute_interactive("%reset -f\nget_ipython().execution_count = 1", store_history=False,
-                                       timeout=120)
+        reply = kc.execute_interactive(RESET, store_history=False, timeout=120)
         if reply["content"]["status"] != "ok":
             raise BookError(f"could not reset the chapters' kernel: {reply['content'].get('evalue')}")
     finally:

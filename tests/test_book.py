@@ -207,7 +207,10 @@ def test_shared_kernel_gives_each_chapter_a_fresh_namespace(tmp_path):
     a, b, out = tmp_path / "01_a.py", tmp_path / "02_b.py", tmp_path / "out"
     a.write_text("# %% tags=['parameters']\nprofile = 'smoke'\n\n# %%\nleak = 4711\nimport json\n")
     b.write_text("# %% tags=['parameters']\nprofile = 'smoke'\n\n# %%\nimport sys\n"
-                 "assert 'leak' not in globals() and 'json' not in globals()\nassert 'json' in sys.modules\n")
+                 "assert 'leak' not in globals() and 'json' not in globals()\nassert 'json' in sys.modules\n"
+                 "# %%\nimport multiprocessing as mp\nfrom concurrent.futures import ProcessPoolExecutor\n"
+                 "with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn')) as ex:\n"
+                 "    assert ex.submit(abs, -3).result() == 3  # atlib.pool needs __main__ intact\n")
     with book.shared_kernel(out) as km:
         book.execute_chapter(a, out, {"profile": "smoke"}, km)
         done = book.execute_chapter(b, out, {"profile": "smoke"}, km)
