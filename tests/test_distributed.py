@@ -44,9 +44,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_ranks_match_one_process(digits, tmp_path):
-    out, port, world = tmp_path / "params", _free_port(), 2
-    procs = [subprocess.Popen([sys.executable, "-c", RANK, str(out)],
+def _run_ranks(script: str, arg: str, world: int) -> None:
+    """Run ``script`` as ``world`` gloo ranks on this machine, as torchrun would; each must exit 0."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", script, arg],
                               env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                                    "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world)})
              for r in range(world)]
@@ -55,6 +56,11 @@ def test_two_gloo_ranks_match_one_process(digits, tmp_path):
     finally:
         for p in procs:
             p.kill()
+
+
+def test_two_gloo_ranks_match_one_process(digits, tmp_path):
+    out, world = tmp_path / "params", 2
+    _run_ranks(RANK, str(out), world)
     seed_everything(0)
     model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 32)
     hist = train(model, digits.train_x[:N], digits.train_y[:N], CFG, seed=1, progress=False)
@@ -123,16 +129,8 @@ def test_training_runs_under_two_ranks_store_one_copy_equal_to_one_process(tmp_p
     from atlib import experiments as ex
     from atlib.profiles import get_profile
 
-    cache, port, world = tmp_path / "cache", _free_port(), 2
-    procs = [subprocess.Popen([sys.executable, "-c", RUNS, str(cache)],
-                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                                   "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(world)})
-             for r in range(world)]
-    try:
-        assert [p.wait(timeout=300) for p in procs] == [0] * world
-    finally:
-        for p in procs:
-            p.kill()
+    cache, world = tmp_path / "cache", 2
+    _run_ranks(RUNS, str(cache), world)
     p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), linf_sweep=(0.0, 0.1), train_subset=265)
     written = sorted(f.name.split("-")[0] for f in cache.glob("*.pt"))
     assert written == ["evaluation"] * 3 + ["model"] * 3, written  # one copy each, no stray temp files
