@@ -9,13 +9,12 @@ from .profiles import DEFAULT_PROFILE, PROFILES
 
 
 def _workers(text: str) -> int:
+    from .pool import parse_workers
+
     try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: need a whole number >= 1 (1 runs every job in-process)")
-    return n
+        return parse_workers(text, "--workers")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -248,11 +248,14 @@ def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str 
     ``record``: after a successful build, also copy summary.json to ``results/<profile>/summary.json``.
     ``workers``: processes for the chapters' cache-filling jobs (``$ATLIB_WORKERS``; see :mod:`atlib.pool`).
     """
-    if workers is not None:
-        if workers < 1:
-            raise BookError(f"--workers {workers}: need >= 1 (1 runs every job in-process)")
-        os.environ["ATLIB_WORKERS"] = str(workers)  # the chapters' kernels inherit it
     p = get_profile(profile)
+    dev = pick_device(device)
+    try:  # before anything in the output folder is touched
+        if workers is not None:
+            os.environ["ATLIB_WORKERS"] = str(pool.parse_workers(workers))  # the chapters' kernels inherit it
+        n_workers = pool.default_workers(dev, p.pool_jobs)
+    except ValueError as e:  # a bad --workers or $ATLIB_WORKERS
+        raise BookError(str(e)) from None
     out_dir = Path(out).resolve() if out is not None else default_out(p.name)
     check_out(p.name, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +263,6 @@ def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str 
     results = out_dir / "results"
     shutil.rmtree(results, ignore_errors=True)
     shutil.rmtree(out_dir / "_failed", ignore_errors=True)
-    dev = pick_device(device)
     shown = results.relative_to(REPO) if results.is_relative_to(REPO) else results  # no home paths in the book
     params = {"profile": p.name, "results_dir": str(shown), "cache_dir": cache_dir, "data_root": data_root,
               "device": str(dev)}
@@ -271,10 +273,6 @@ def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str 
     # the kernel's device; for a CPU the machine's cores (the runner's own torch thread count may differ)
     machine = device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     t0 = time.perf_counter()
-    try:
-        n_workers = pool.default_workers(dev, p.pool_jobs)
-    except ValueError as e:  # a bad $ATLIB_WORKERS
-        raise BookError(str(e)) from None
     print(f"atbook: profile {p.name!r} on {device_name(dev)}, {n_workers} worker process(es) for cached jobs, "
           f"{len(srcs)} chapters → {out_dir}", flush=True)
     chapters = {}

@@ -40,13 +40,13 @@ def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root:
                 device: str | None = None, workers: int | None = None) -> Computed:
     """Run chapters 02–05's cached experiment functions in book order; returns what was computed."""
     ctx = ex.context(profile, cache_dir, data_root, device, workers)
-    if distributed.init_from_env(ctx.device):  # under torchrun: chapter 02's models with DDP, one shard per rank
-        runs = ex.training_runs(ctx)
+    ddp = distributed.init_from_env(ctx.device)  # under torchrun: chapter 02's models with DDP, a shard per rank
+    runs = ex.training_runs(ctx)  # chapter 02 (and 01, 03, 05 reuse them)
+    if ddp:
         rank = distributed.rank_world()[0]
         torch.distributed.destroy_process_group()
         if rank != 0:  # rank 0 (which wrote the models) goes on alone with the rest
             return Computed(len(runs), sum(r.cached for r in runs), 0, 0, 0, 0)
-    runs = ex.training_runs(ctx)  # chapter 02 (and 01, 03, 05 reuse them)
     confidence.analyse(ctx, data_root)  # chapter 03: the early-stopped, accuracy-matched control
     grid = distill_runs.run_grid(ctx)  # chapter 04
     records = audit.audit_runs(ctx, runs) + audit.audit_students(ctx, grid)  # chapter 05

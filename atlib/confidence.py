@@ -24,10 +24,10 @@ from scipy import stats as sps
 
 from . import experiments as ex
 from . import stats
-from .stats import kendall, spearman
 from .confidence_matched import MatchedControl, matched_control
 from .profiles import ModelSpec
 from .runtime import progress_default
+from .stats import kendall, spearman
 
 Tensor = torch.Tensor
 

@@ -133,7 +133,6 @@ def distill(model: nn.Module, x: Tensor, targets: Tensor, y: Tensor, cfg: Distil
 
 
 # ----------------------------------------------------------------------------------- survivor attacks
-@torch.no_grad()
 def survivors(model: nn.Module, x: Tensor, y: Tensor, alive: Tensor, cfg: AttackConfig, seed: int,
               batch_size: int = 500, source: nn.Module | None = None) -> Tensor:
     """``alive`` AND "the attack ``cfg`` (crafted on ``source``, default the model itself) fails", computed by

@@ -44,10 +44,14 @@ def eval_set(ctx: Context) -> tuple[Tensor, Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ teachers
+def teacher_specs(ctx: Context) -> dict[str, ModelSpec]:
+    """The two teachers: the profile's main AT model and the standard model."""
+    return {"at": ctx.profile.main_at, "std": ModelSpec("standard")}
+
+
 def teachers(ctx: Context, seed: int, progress: bool | None = None) -> dict[str, ModelRun]:
     """Chapter 02's AT and standard models of ``seed`` (cache hits when chapter 02 ran first)."""
-    return {"at": experiments.model_run(ctx, ctx.profile.main_at, seed, progress),
-            "std": experiments.model_run(ctx, ModelSpec("standard"), seed, progress)}
+    return {k: experiments.model_run(ctx, spec, seed, progress) for k, spec in teacher_specs(ctx).items()}
 
 
 def teacher_outputs(ctx: Context, tea: dict[str, ModelRun]) -> TeacherLogits:
@@ -279,8 +283,8 @@ def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
     progress = progress_default() if progress is None else progress
     t0 = time.perf_counter()
     seeds = ctx.profile.seeds
-    experiments.fill(ctx, [(experiments.model_run, (sp, s)) for s in seeds
-                           for sp in (ctx.profile.main_at, ModelSpec("standard"))], "teachers", progress)
+    experiments.fill(ctx, [(experiments.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
+                     "teachers", progress)
     tea = {s: teachers(ctx, s, progress) for s in seeds}
     outs = {s: teacher_outputs(ctx, tea[s]) for s in seeds}
     for s in seeds:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .attacks import Shard
+from .runtime import rank_world  # noqa: F401 (re-exported: the rank API lives beside init_from_env)
 
 
 def init_from_env(device: torch.device | None = None) -> bool:
@@ -30,13 +31,6 @@ def init_from_env(device: torch.device | None = None) -> bool:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
     return True
-
-
-def rank_world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without an initialised process group."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def shard(total: int, rank: int, world: int) -> Shard:

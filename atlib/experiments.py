@@ -60,9 +60,7 @@ def context(profile: str | Profile, cache_dir: str | None = None, data_root: str
         strict_determinism()
     d = _load_data(p.dataset, data_root, str(dev)).subset(p.train_subset)
     idx = data.eval_indices(len(d.test_y), p.eval_subset)
-    n = pool.default_workers(dev, p.pool_jobs) if workers is None else int(workers)
-    if n < 1:
-        raise ValueError(f"workers={workers!r}: need >= 1 (1 runs every job in-process)")
+    n = pool.default_workers(dev, p.pool_jobs) if workers is None else pool.parse_workers(workers)
     return Context(p, d, d.test_x[idx.to(dev)], d.test_y[idx.to(dev)], idx, Store(cache_dir), dev,
                    None if data_root is None else str(data_root), n)
 
@@ -144,7 +142,6 @@ def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | Non
     cfg = run_config(ctx, spec, seed)
     key = artifact_key("model", cfg, TRAIN_CODE, ctx.data.fingerprint)
     model = build(ctx, seed)
-
     ckpt = checkpoint_path(ctx, key)
 
     def compute() -> dict[str, Any]:

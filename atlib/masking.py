@@ -25,8 +25,8 @@ from torch import nn
 
 from . import attacks, evaluate, train
 from .attacks import AttackConfig
-from .train import correct
 from .store import Store, artifact_key, code_version, model_hash, tensor_hash
+from .train import correct
 
 
 

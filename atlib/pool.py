@@ -30,17 +30,22 @@ Job = tuple[Callable[..., Any], tuple]  # (module-level function fn(ctx, *args) 
 MAX_WORKERS = 8
 
 
+def parse_workers(value: Any, what: str = "workers") -> int:
+    """``value`` as a number of workers; anything but a whole number >= 1 raises a ValueError naming ``what``."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ValueError(f"{what}={value!r}: need a whole number >= 1 (1 runs every job in-process)")
+    return n
+
+
 def default_workers(device: torch.device, pooled: bool = True) -> int:
     """``$ATLIB_WORKERS`` if set; else one per usable core (at most 8) on the CPU when ``pooled``, else 1."""
     raw = os.environ.get("ATLIB_WORKERS")
     if raw:
-        try:
-            n = int(raw)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"ATLIB_WORKERS={raw!r}: need a whole number >= 1 (1 runs every job in-process)")
-        return n
+        return parse_workers(raw, "ATLIB_WORKERS")
     if device.type != "cpu" or not pooled:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

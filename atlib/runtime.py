@@ -24,6 +24,14 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda")
 
 
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) in an initialised ``torch.distributed`` process group (``torchrun``); (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)

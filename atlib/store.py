@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from .runtime import rank_world
+
 MAGIC = b"ATLIB-ARTIFACT v1\n"
 T = TypeVar("T")
 
@@ -92,7 +94,7 @@ class Store:
 
         Under ``torchrun`` only rank 0 writes: every rank computed the same artifact (DDP keeps the
         replicas equal), so one copy is written, once, instead of N racing ones."""
-        if _distributed_rank() != 0:
+        if rank_world()[0] != 0:
             return self.path(key)
         buf = io.BytesIO()
         torch.save(obj, buf)
@@ -133,11 +135,6 @@ class Store:
         obj = compute()
         self.save(key, obj, meta)
         return obj, False
-
-
-def _distributed_rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -1,6 +1,7 @@
 """End to end: the smoke book executed with papermill and rendered by jupyter-book, plus runner errors."""
 import json
 import math
+import os
 import re
 
 import pytest
@@ -219,3 +220,16 @@ def test_shared_kernel_gives_each_chapter_a_fresh_namespace(tmp_path):
     nb = json.loads(done.read_text())
     counts = [c["execution_count"] for c in nb["cells"] if c["cell_type"] == "code"]
     assert counts == list(range(1, len(counts) + 1)), "each chapter's execution count starts at 1"
+
+
+def test_bad_workers_fail_before_the_output_folder_is_touched(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "earlier.json").write_text("{}")
+    with pytest.raises(BookError, match="workers=0"):
+        book.run_book("smoke", out, cache_dir=str(tmp_path / "c"), workers=0, html=False)
+    assert "ATLIB_WORKERS" not in os.environ
+    monkeypatch.setenv("ATLIB_WORKERS", "two")
+    with pytest.raises(BookError, match="ATLIB_WORKERS='two'"):
+        book.run_book("smoke", out, cache_dir=str(tmp_path / "c"), html=False)
+    assert (out / "results" / "earlier.json").exists(), "an earlier build's results survive a bad setting"

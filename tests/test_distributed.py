@@ -148,6 +148,7 @@ def test_only_rank_zero_writes_the_store(tmp_path, monkeypatch):
 
     store = Store(tmp_path)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
     store.save("k", {"a": 1})
     assert store.load("k") is None and not list(tmp_path.iterdir())

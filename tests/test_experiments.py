@@ -112,3 +112,9 @@ def test_cli_missing_data_says_how_to_get_it(tmp_path):
     assert r.returncode == 1
     assert "mnist: dataset not found" in r.stderr and "internet" in r.stderr and "--data-root" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_cli_bad_workers():
+    r = _cli("compute", "--profile", "smoke", "--workers", "0")
+    assert r.returncode == 2 and "--workers" in r.stderr and "whole number >= 1" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -109,3 +109,25 @@ def test_default_workers(monkeypatch):
             pool.default_workers(cpu)
     with pytest.raises(ValueError, match="workers"):
         ex.context("smoke", None, workers=0)
+
+
+def _die(ctx, tag: str) -> None:
+    """A job whose worker process dies mid-computation (as if killed, or out of memory)."""
+    import os
+
+    ctx.store.get_or_compute(f"die-{tag}", lambda: os._exit(3))
+
+
+def test_a_dead_worker_says_what_to_do(tmp_path):
+    ctx = ex.context(TINY, tmp_path, workers=2)
+    with pytest.raises(RuntimeError, match="worker process died.*ATLIB_WORKERS=1"):
+        ex.fill(ctx, [(_die, ("x",))], "jobs")
+    assert pool._EXECUTOR is None  # the broken pool is dropped: the next fill starts a fresh one
+    assert ex.fill(ctx, [(record_threads, ("after",))], "jobs") == 1
+
+
+def test_parse_workers():
+    assert pool.parse_workers(3) == 3 and pool.parse_workers("2") == 2
+    for bad in (0, -1, "0", "two", None, ""):
+        with pytest.raises(ValueError, match=r"--workers=.*whole number >= 1"):
+            pool.parse_workers(bad, "--workers")
