@@ -78,7 +78,7 @@
 # The theory predicts the first three; for the raw max logit it predicts nothing.
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.profiles.PROFILES
+profile = "fashion"  # one of atlib.studies.profiles.PROFILES
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -89,10 +89,13 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from atlib import controls as C
-from atlib import experiments as ex
-from atlib import plots, report, stats, theory
-from atlib import theory_views as V
+from atlib.studies.theory import controls as C
+from atlib.studies.shrinkage import runs as ex
+from atlib.core import plots
+from atlib.studies.shrinkage import views as report
+from atlib.core import stats
+from atlib.studies.theory import linear as theory
+from atlib.studies.theory import views as V
 
 ctx = ex.context(profile, cache_dir, data_root, device)
 P = ctx.profile

@@ -36,7 +36,7 @@
 # model in eval mode. We evaluate the last-epoch weights (no early stopping on test data).
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.profiles.PROFILES
+profile = "fashion"  # one of atlib.studies.profiles.PROFILES
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -45,8 +45,9 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 # %%
 from IPython.display import Markdown, display
 
-from atlib import experiments as ex
-from atlib import plots, report
+from atlib.studies.shrinkage import runs as ex
+from atlib.core import plots
+from atlib.studies.shrinkage import views as report
 
 ctx = ex.context(profile, cache_dir, data_root, device)
 P = ctx.profile

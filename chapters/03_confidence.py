@@ -56,7 +56,7 @@
 # model: the control matches accuracy, not every property of a finished model.
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.profiles.PROFILES
+profile = "fashion"  # one of atlib.studies.profiles.PROFILES
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -68,10 +68,11 @@ import math
 import torch
 from IPython.display import Markdown, display
 
-from atlib import confidence as cf
-from atlib import confidence_plots as cp
-from atlib import experiments as ex
-from atlib import plots, report
+from atlib.studies.confidence import runs as cf
+from atlib.studies.confidence import views as cp
+from atlib.studies.shrinkage import runs as ex
+from atlib.core import plots
+from atlib.studies.shrinkage import views as report
 
 ctx = ex.context(profile, cache_dir, data_root, device)
 report.glue_setting(ctx)  # the numbers the prose below quotes

@@ -68,7 +68,7 @@
 # also redraw the ablations, e.g. the shuffle below, every epoch.)
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.profiles.PROFILES
+profile = "fashion"  # one of atlib.studies.profiles.PROFILES
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -77,11 +77,12 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 # %%
 from IPython.display import Markdown, display
 
-from atlib import distill_plots as dp
-from atlib import distill_report as rep
-from atlib import distill_runs as dr
-from atlib import experiments as ex
-from atlib import plots, report
+from atlib.studies.distillation import plots as dp
+from atlib.studies.distillation import views as rep
+from atlib.studies.distillation import runs as dr
+from atlib.studies.shrinkage import runs as ex
+from atlib.core import plots
+from atlib.studies.shrinkage import views as report
 
 ctx = ex.context(profile, cache_dir, data_root, device)
 rep.glue_prose(ctx)  # the numbers the prose quotes
@@ -199,7 +200,7 @@ rep.setting_frame(ctx, grid)
 rep.property_table(grid)
 
 # %%
-from atlib import distill_targets as dt
+from atlib.studies.distillation import targets as dt
 
 t0 = grid.outputs[grid.seeds[0]]
 display(Markdown("Ratio-keeping rescaling would change the argmax of this share of training samples: " + ", ".join(

@@ -25,7 +25,7 @@
 # {glue:text}`madry_step`$\,\varepsilon/\text{steps}$ of {cite:t}`madry2018towards`; this audit flagged it (APGD left it
 # more than {glue:text}`apgd_gap` pp behind on
 # one model, and the diagnosis below traced the gap to the step size), and the fix went into
-# `atlib/attacks.py`, not into the rules.
+# `atlib/core/attacks.py`, not into the rules.
 #
 # **The oracles.** From the independent library `torchattacks` {cite:p}`kim2020torchattacks`: its PGD (L∞) or
 # `PGDL2` (L2) with atlib's $\varepsilon$ and number of steps and the fixed step
@@ -54,7 +54,7 @@
 # other models under L∞. A flag is reported, and explained below; it is never hidden by loosening a rule.
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.profiles.PROFILES
+profile = "fashion"  # one of atlib.studies.profiles.PROFILES
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -63,9 +63,12 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 # %%
 from IPython.display import Markdown, display
 
-from atlib import audit, distill_runs, plots, report
-from atlib import audit_report as ar
-from atlib import experiments as ex
+from atlib.studies.audit import runs as audit
+from atlib.studies.distillation import runs as distill_runs
+from atlib.core import plots
+from atlib.studies.shrinkage import views as report
+from atlib.studies.audit import views as ar
+from atlib.studies.shrinkage import runs as ex
 
 ctx = ex.context(profile, cache_dir, data_root, device)
 S = audit.get_settings(ctx.profile.name)
@@ -165,7 +168,7 @@ display(Markdown(ar.verdict_text(records)))
 # reverse. Noise is two-sided (both counts similar); a weaker attack is one-sided. The variants: random
 # restarts (more starting points), the cosine step schedule with the CE and the margin loss, and the
 # margin loss with restarts. If a variant lands within the {glue:text}`apgd_gap` pp margin, the fix belongs in
-# `atlib/attacks.py` (as the cosine schedule did), not in the flag.
+# `atlib/core/attacks.py` (as the cosine schedule did), not in the flag.
 
 # %%
 diagnoses = ar.diagnose_runs(ctx, runs, records)

@@ -27,7 +27,7 @@ def _isolated_env(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="session")
 def digits():
-    from atlib.data import load_digits_data
+    from atlib.core.data import load_digits_data
 
     return load_digits_data()
 
@@ -35,9 +35,9 @@ def digits():
 @pytest.fixture(scope="session")
 def std_digits_mlp(digits):
     """A standard-trained MLP (width 64) on digits: ~97% clean test accuracy, trained in < 2 s."""
-    from atlib.models import build_model
-    from atlib.runtime import seed_everything
-    from atlib.train import TrainConfig, train
+    from atlib.core.models import build_model
+    from atlib.core.runtime import seed_everything
+    from atlib.training.train import TrainConfig, train
 
     seed_everything(0)
     model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 64)
@@ -54,7 +54,7 @@ def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """
     import time
 
-    from atlib.book import run_book
+    from atlib.book.runner import run_book
 
     root = tmp_path_factory.mktemp("smoke-book")
     out, cache = root / "book", root / "cache"

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-import atlib.compat
-from atlib.attacks import AttackConfig, PGDLinf, attack_loss, make_attack, pgd_l2, pgd_linf
-from atlib.models import build_model
+import atlib.core.compat
+from atlib.core.attacks import AttackConfig, PGDLinf, attack_loss, make_attack, pgd_l2, pgd_linf
+from atlib.core.models import build_model
 
 
 def tiny_mlp(seed: int = 0) -> nn.Module:
@@ -188,7 +188,7 @@ def test_matches_torchattacks_pgd(std_digits_mlp, digits):
     trajectory then diverges (seen on 1 of 200 samples at 5+ steps, on some CPUs only). So: the first steps
     are identical for every sample, later ones for all but a few, and robust accuracy agrees within a sample.
     """
-    atlib.compat.import_torchvision()
+    atlib.core.compat.import_torchvision()
     import torchattacks
 
     model = std_digits_mlp.eval()

@@ -6,19 +6,22 @@ import pytest
 import torch
 from torch import nn
 
-from atlib import audit, audit_report, evaluate, masking
-from atlib.attacks import AttackConfig, PGDL2, PGDLinf, attack_loss, make_attack
-from atlib.models import build_model
-from atlib.profiles import PROFILES
-from atlib.store import Store
+from atlib.studies.audit import runs as audit
+from atlib.studies.audit import views as audit_report
+from atlib.training import evaluate
+from atlib.training import masking
+from atlib.core.attacks import AttackConfig, PGDL2, PGDLinf, attack_loss, make_attack
+from atlib.core.models import build_model
+from atlib.studies.profiles import PROFILES
+from atlib.core.store import Store
 
 LOSS_TOL = 1e-4  # nats: float32 summation order (atlib sums the loss, torchattacks averages it)
 
 
 def _torchattacks():
-    import atlib.compat
+    import atlib.core.compat
 
-    atlib.compat.import_torchvision()
+    atlib.core.compat.import_torchvision()
     import torchattacks
 
     return torchattacks
@@ -27,8 +30,8 @@ def _torchattacks():
 @pytest.fixture(scope="module")
 def other_digits_mlp(digits):
     """A second standard MLP (another seed): the transfer surrogate of the masking tests."""
-    from atlib.runtime import seed_everything
-    from atlib.train import TrainConfig, train
+    from atlib.core.runtime import seed_everything
+    from atlib.training.train import TrainConfig, train
 
     seed_everything(1)
     model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 64)

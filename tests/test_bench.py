@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from atlib.__main__ import main
-from atlib.bench import BenchConfig, at_step_flops, make_model, reference_epoch, synthetic_data
+from atlib.book.cli import main
+from atlib.training.bench import BenchConfig, at_step_flops, make_model, reference_epoch, synthetic_data
 
 
 def test_bench_runs_and_reports_sane_fields(tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_reference_loop_trains_the_same_network():
 def test_atlib_side_trains_with_the_profiles_attack():
     """The timed atlib epoch must use the training attack the profiles use (last iterate, Madry step), not
     the evaluation one (keep_best costs an extra forward pass per step): else the comparison is unfair."""
-    from atlib.profiles import get_profile
+    from atlib.studies.profiles import get_profile
 
     a = BenchConfig(batch_size=4, steps=7, n_images=8, repeats=1).attack
     train_attack = get_profile("fashion").train_config(get_profile("fashion").main_at).attack

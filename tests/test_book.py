@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from atlib import book, experiments
-from atlib.book import BookError, REPO
+from atlib.book import runner as book
+from atlib.studies.shrinkage import runs as experiments
+from atlib.book.runner import BookError, REPO
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_toc_order_and_missing_chapter(tmp_path):
 
 
 def test_non_default_profile_never_overwrites_the_published_book(tmp_path):
-    from atlib.profiles import DEFAULT_PROFILE
+    from atlib.studies.profiles import DEFAULT_PROFILE
 
     assert book.default_out(DEFAULT_PROFILE) == REPO / "book"
     assert book.default_out("smoke") == REPO / "_build" / "books" / "smoke"
@@ -160,7 +161,7 @@ def test_finishing_a_notebook_for_the_book():
     """Provenance under the title, widgets replaced by a note and their state dropped, code folded."""
     import nbformat
 
-    from atlib import pages
+    from atlib.book import pages
 
     nb = nbformat.v4.new_notebook(metadata={"widgets": {"application/vnd.jupyter.widget-state+json": {}}})
     nb.cells = [nbformat.v4.new_markdown_cell("# Title\n\nText."),
@@ -188,7 +189,7 @@ def test_html_lands_in_the_books_own_folder(monkeypatch, tmp_path):
     book/ that is the repository root, so the runner must pass --path-output."""
     import subprocess
 
-    from atlib import book
+    from atlib.book import runner as book
 
     seen = {}
 
@@ -211,7 +212,7 @@ def test_shared_kernel_gives_each_chapter_a_fresh_namespace(tmp_path):
                  "assert 'leak' not in globals() and 'json' not in globals()\nassert 'json' in sys.modules\n"
                  "# %%\nimport multiprocessing as mp\nfrom concurrent.futures import ProcessPoolExecutor\n"
                  "with ProcessPoolExecutor(1, mp_context=mp.get_context('spawn')) as ex:\n"
-                 "    assert ex.submit(abs, -3).result() == 3  # atlib.pool needs __main__ intact\n")
+                 "    assert ex.submit(abs, -3).result() == 3  # atlib.training.pool needs __main__ intact\n")
     with book.shared_kernel(out) as km:
         book.execute_chapter(a, out, {"profile": "smoke"}, km)
         done = book.execute_chapter(b, out, {"profile": "smoke"}, km)

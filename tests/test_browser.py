@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from atlib import book
+from atlib.book import runner as book
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FULL_PAGE = bool(os.environ.get("ATBOOK_SCREENSHOTS"))  # whole pages for a person to look at; else the top only

@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from atlib.attacks import AttackConfig
-from atlib.models import build_model
-from atlib.runtime import seed_everything
-from atlib.train import TrainConfig, TrainingDiverged, train
+from atlib.core.attacks import AttackConfig
+from atlib.core.models import build_model
+from atlib.core.runtime import seed_everything
+from atlib.training.train import TrainConfig, TrainingDiverged, train
 
 CFG = TrainConfig(4, 64, 0.05, attack=AttackConfig("linf", 0.1, 2, 0.05))
 N = 512
@@ -22,11 +22,11 @@ import json, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from atlib.attacks import AttackConfig
-from atlib.data import load_digits_data
-from atlib.models import build_model
-from atlib.runtime import seed_everything
-from atlib.train import TrainConfig, train
+from atlib.core.attacks import AttackConfig
+from atlib.core.data import load_digits_data
+from atlib.core.models import build_model
+from atlib.core.runtime import seed_everything
+from atlib.training.train import TrainConfig, train
 ckpt, log, out, pause = sys.argv[1], Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 d = load_digits_data()
 seed_everything(0)
@@ -112,9 +112,9 @@ def test_cached_model_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     ends equal to an uninterrupted run, and leaves no checkpoint behind once the model is stored."""
     import dataclasses
 
-    from atlib import checkpoint as ckpt
-    from atlib import experiments as ex
-    from atlib.profiles import get_profile
+    from atlib.training import checkpoint as ckpt
+    from atlib.studies.shrinkage import runs as ex
+    from atlib.studies.profiles import get_profile
 
     p = dataclasses.replace(get_profile("smoke"), epochs=3, seeds=(0,))
     spec = p.main_at

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from atlib import claims, pages
-from atlib.claims import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
+from atlib.book import claims
+from atlib.book import pages
+from atlib.book.claims import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
 
 
 def iv(mean, lo, hi, n=3):
@@ -134,7 +135,7 @@ def test_write_ledger_reads_committed_summaries_and_the_current_build(tmp_path):
 def test_the_ledger_states_the_level_the_intervals_have():
     import inspect
 
-    from atlib import stats
+    from atlib.core import stats
 
-    assert inspect.signature(stats.mean_ci).parameters["level"].default == 0.95, "update the '95%' in atlib/claims.py"
+    assert inspect.signature(stats.mean_ci).parameters["level"].default == 0.95, "update the '95%' in atlib/book/claims.py"
     assert "95% Student-t" in claims.CLAIMS["shrinkage"].statistic

@@ -28,7 +28,7 @@ def test_plain_import_fails_on_cpu_torch():
 def test_shim_makes_torchvision_usable():
     r = run_py("""
         import sys
-        from atlib.compat import import_torchvision
+        from atlib.core.compat import import_torchvision
         tv = import_torchvision()
         assert tv is sys.modules["torchvision"]
         import torch
@@ -45,7 +45,7 @@ def test_shim_makes_torchvision_usable():
 
 def test_shim_twice_and_after_import():
     r = run_py("""
-        from atlib.compat import import_torchvision, define_missing_schemas, needs_schema_shim
+        from atlib.core.compat import import_torchvision, define_missing_schemas, needs_schema_shim
         a = import_torchvision()
         b = import_torchvision()
         assert a is b
@@ -64,7 +64,7 @@ def test_cuda_torch_is_left_untouched():
     r = run_py("""
         import torch
         torch.version.cuda = "13.0"             # pretend to be a CUDA build
-        import atlib.compat as compat
+        import atlib.core.compat as compat
         calls = []
         real = compat.define_missing_schemas
         compat.define_missing_schemas = lambda: calls.append(1) or real()

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from atlib import confidence as cf
-from atlib import confidence_matched as cm
-from atlib import confidence_plots as cp
-from atlib import experiments as ex
-from atlib.profiles import ModelSpec, get_profile
+from atlib.studies.confidence import runs as cf
+from atlib.studies.confidence import matched as cm
+from atlib.studies.confidence import views as cp
+from atlib.studies.shrinkage import runs as ex
+from atlib.studies.profiles import ModelSpec, get_profile
 
 
 # ------------------------------------------------------------------------------------ known answers
@@ -127,7 +127,7 @@ def test_error_paths():
 
 
 def test_settings_cover_every_profile():
-    from atlib.profiles import PROFILES
+    from atlib.studies.profiles import PROFILES
 
     for name, p in PROFILES.items():
         st = cf.get_settings(name)
@@ -187,7 +187,7 @@ def test_chapter_does_not_retrain(warm, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("chapter 03 must not train on a warm cache")
 
-    monkeypatch.setattr("atlib.train.train", no_training)
+    monkeypatch.setattr("atlib.training.train.train", no_training)
     an = cf.analyse(ctx, progress=False)
     assert an.models_cached and all(m.cached for m in an.matched.runs)
     # the early-stopped control is chapter 02's standard run: its last epoch reproduces the cached model

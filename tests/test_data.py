@@ -1,4 +1,4 @@
-"""Every data source of atlib.data, with tiny files written into tmp_path."""
+"""Every data source of atlib.core.data, with tiny files written into tmp_path."""
 import gzip
 import pickle
 import struct
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import atlib.data
-from atlib.data import DataNotFoundError, augment, eval_indices, load_dataset
+import atlib.core.data
+from atlib.core.data import DataNotFoundError, augment, eval_indices, load_dataset
 
 N_TRAIN, N_TEST = 20, 10
 
@@ -87,7 +87,7 @@ def test_digits(digits):
 @pytest.mark.parametrize("name", ["mnist", "fashion"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_idx_round_trip(tmp_path, name, layout, monkeypatch):
-    monkeypatch.setattr(atlib.data, "DEBIAN_FASHION", tmp_path / "nope")
+    monkeypatch.setattr(atlib.core.data, "DEBIAN_FASHION", tmp_path / "nope")
     arrays = make_idx_arrays()
     write_layout(tmp_path / "root", name, layout, arrays)
     d = load_dataset(name, data_root=tmp_path / "root", download=False)
@@ -175,12 +175,12 @@ def test_cifar10_corrupt_batch(tmp_path):
 
 # ---------------------------------------------------------------- the real Debian Fashion-MNIST
 
-@pytest.mark.skipif(not atlib.data.DEBIAN_FASHION.is_dir(),
-                    reason=f"{atlib.data.DEBIAN_FASHION} absent (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(not atlib.core.data.DEBIAN_FASHION.is_dir(),
+                    reason=f"{atlib.core.data.DEBIAN_FASHION} absent (apt-get install dataset-fashion-mnist)")
 def test_debian_fashion():
     d = load_dataset("fashion", download=False)
     assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
-    assert d.source == str(atlib.data.DEBIAN_FASHION)
+    assert d.source == str(atlib.core.data.DEBIAN_FASHION)
     assert sorted(d.train_y.unique().tolist()) == list(range(10))
     assert int((d.train_y == 0).sum()) == 6000  # Fashion-MNIST is balanced
     assert d.train_x.min() == 0 and d.train_x.max() == 1
@@ -211,7 +211,7 @@ def test_missing_cifar10(tmp_path):
 def test_missing_fashion(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     monkeypatch.setenv("ATLIB_DATA", str(tmp_path / "empty"))
-    monkeypatch.setattr(atlib.data, "DEBIAN_FASHION", tmp_path / "nope")
+    monkeypatch.setattr(atlib.core.data, "DEBIAN_FASHION", tmp_path / "nope")
     with pytest.raises(DataNotFoundError) as e:
         load_dataset("fashion")  # ATLIB_NO_DOWNLOAD is set by conftest
     msg = str(e.value)

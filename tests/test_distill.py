@@ -8,13 +8,14 @@ import re
 import pytest
 import torch
 
-from atlib import distill as D
-from atlib import distill_report as rep
-from atlib import distill_runs as dr
-from atlib import distill_targets as dt
-from atlib import experiments as ex
-from atlib import stats, train
-from atlib.profiles import DistillSettings
+from atlib.training import distill as D
+from atlib.studies.distillation import views as rep
+from atlib.studies.distillation import runs as dr
+from atlib.studies.distillation import targets as dt
+from atlib.studies.shrinkage import runs as ex
+from atlib.core import stats
+from atlib.training import train
+from atlib.studies.profiles import DistillSettings
 
 N, K = 4000, 10
 
@@ -192,8 +193,8 @@ def test_alpha_zero_is_plain_cross_entropy():
 
 def test_students_pair_by_seed_and_train(digits):
     """A short distillation reduces the loss and follows its teacher; the same seed gives the same student."""
-    from atlib.models import build_model
-    from atlib.runtime import seed_everything
+    from atlib.core.models import build_model
+    from atlib.core.runtime import seed_everything
 
     x, y = digits.train_x[:512], digits.train_y[:512]
     tgt = torch.softmax(torch.nn.functional.one_hot(y, 10).float() * 2, 1)
@@ -209,7 +210,7 @@ def test_students_pair_by_seed_and_train(digits):
 
 
 def test_survivors_only_attack_the_alive_and_never_revive(std_digits_mlp, digits):
-    from atlib.attacks import AttackConfig
+    from atlib.core.attacks import AttackConfig
 
     x, y = digits.test_x[:100], digits.test_y[:100]
     alive = torch.zeros(100, dtype=torch.bool)
@@ -260,7 +261,7 @@ def test_chapter_page_and_summary_section(smoke_book):
     assert "Traceback" not in html and "The verdict rule, fixed before the numbers" in html
     assert len(re.findall(r'<img[^>]+src="([^"]+\.png)"', html)) >= 3
     s = json.loads(smoke_book["summary"].read_text())["distillation"]
-    from atlib.profiles import get_profile
+    from atlib.studies.profiles import get_profile
 
     p = get_profile("smoke")
     n_cfg = 1 + (len(dt.ABLATIONS) - 1) * len(p.distill.temperatures)
@@ -283,8 +284,8 @@ def test_chapter_does_not_retrain(smoke_book, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("chapter 04 must not train on a warm cache")
 
-    monkeypatch.setattr("atlib.train.train", no_training)
-    monkeypatch.setattr("atlib.distill.distill", no_training)
+    monkeypatch.setattr("atlib.training.train.train", no_training)
+    monkeypatch.setattr("atlib.training.distill.distill", no_training)
     grid = dr.run_grid(ctx, progress=False)
     assert all(r.cached for r in grid.students + grid.ceiling)
     # the teachers are chapter 02's models: same weights as model_run's

@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-from atlib.attacks import AttackConfig, make_attack
-from atlib.distributed import rank_world, shard
-from atlib.models import build_model
-from atlib.runtime import seed_everything
-from atlib.train import TrainConfig, train
+from atlib.core.attacks import AttackConfig, make_attack
+from atlib.training.distributed import rank_world, shard
+from atlib.core.models import build_model
+from atlib.core.runtime import seed_everything
+from atlib.training.train import TrainConfig, train
 
 N = 265  # 5 global batches of 64, the last of 9 rows: shards of 5 and 4
 CFG = TrainConfig(2, 64, 0.05, augment=True, attack=AttackConfig("linf", 0.1, 3, 0.05))
@@ -20,12 +20,12 @@ RANK = """
 import sys
 import torch
 torch.set_num_threads(1)
-from atlib.attacks import AttackConfig
-from atlib.data import load_digits_data
-from atlib.distributed import init_from_env, rank_world
-from atlib.models import build_model
-from atlib.runtime import seed_everything
-from atlib.train import TrainConfig, train
+from atlib.core.attacks import AttackConfig
+from atlib.core.data import load_digits_data
+from atlib.training.distributed import init_from_env, rank_world
+from atlib.core.models import build_model
+from atlib.core.runtime import seed_everything
+from atlib.training.train import TrainConfig, train
 assert init_from_env()
 d = load_digits_data()
 seed_everything(0)
@@ -97,8 +97,8 @@ def test_sharded_random_start_is_the_global_batch_sliced(digits):
 def test_too_small_a_global_batch_for_the_ranks_is_refused(monkeypatch, digits):
     """A global batch with fewer samples than ranks would leave a rank without data: a clear error, before
     any process-group call (the world size is faked, so no group is needed)."""
-    from atlib import train as T
-    from atlib.models import build_model
+    from atlib.training import train as T
+    from atlib.core.models import build_model
 
     monkeypatch.setattr(T.ddp, "rank_world", lambda: (0, 4))
     model = build_model("mlp", digits.shape, 10, digits.mean, digits.std, 8)
@@ -110,9 +110,9 @@ RUNS = """
 import sys, dataclasses
 import torch
 torch.set_num_threads(1)
-from atlib import experiments as ex
-from atlib.distributed import init_from_env
-from atlib.profiles import get_profile
+from atlib.studies.shrinkage import runs as ex
+from atlib.training.distributed import init_from_env
+from atlib.studies.profiles import get_profile
 assert init_from_env()
 p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), linf_sweep=(0.0, 0.1), train_subset=265)
 ctx = ex.context(p, sys.argv[1])
@@ -126,8 +126,8 @@ def test_training_runs_under_two_ranks_store_one_copy_equal_to_one_process(tmp_p
     """``torchrun -m atlib compute`` in small: both ranks train every model with DDP, only rank 0 writes."""
     import dataclasses
 
-    from atlib import experiments as ex
-    from atlib.profiles import get_profile
+    from atlib.studies.shrinkage import runs as ex
+    from atlib.studies.profiles import get_profile
 
     cache, world = tmp_path / "cache", 2
     _run_ranks(RUNS, str(cache), world)
@@ -144,7 +144,7 @@ def test_training_runs_under_two_ranks_store_one_copy_equal_to_one_process(tmp_p
 
 
 def test_only_rank_zero_writes_the_store(tmp_path, monkeypatch):
-    from atlib.store import Store
+    from atlib.core.store import Store
 
     store = Store(tmp_path)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)

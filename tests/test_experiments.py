@@ -7,11 +7,11 @@ import warnings
 import pytest
 import torch
 
-from atlib import experiments as ex
-from atlib.book import REPO
-from atlib.models import build_model
-from atlib.profiles import PROFILES, UnknownProfileError, get_profile
-from atlib.store import CorruptArtifactWarning
+from atlib.studies.shrinkage import runs as ex
+from atlib.book.runner import REPO
+from atlib.core.models import build_model
+from atlib.studies.profiles import PROFILES, UnknownProfileError, get_profile
+from atlib.core.store import CorruptArtifactWarning
 
 
 def test_profiles_are_complete():

@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from atlib.attacks import AttackConfig
-from atlib.models import build_model
-from atlib.runtime import seed_everything
-from atlib.train import TrainConfig, train
+from atlib.core.attacks import AttackConfig
+from atlib.core.models import build_model
+from atlib.core.runtime import seed_everything
+from atlib.training.train import TrainConfig, train
 
 CFG = TrainConfig(2, 64, 0.05, augment=True, attack=AttackConfig("linf", 0.1, 2, 0.05))
 

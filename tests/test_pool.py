@@ -4,10 +4,10 @@ import dataclasses
 import pytest
 import torch
 
-from atlib import experiments as ex
-from atlib import pool
-from atlib.profiles import get_profile
-from atlib.store import CacheMiss, Store
+from atlib.studies.shrinkage import runs as ex
+from atlib.training import pool
+from atlib.studies.profiles import get_profile
+from atlib.core.store import CacheMiss, Store
 
 # smoke's setting, shortened: 2 specs x 2 seeds of ~0.3 s each
 TINY = dataclasses.replace(get_profile("smoke"), epochs=3, seeds=(0, 1), linf_sweep=(0.0, 0.1))

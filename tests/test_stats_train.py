@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 
-from atlib import stats
-from atlib.attacks import AttackConfig
-from atlib.evaluate import accuracies, adversarial_logits, evaluate
-from atlib.models import build_model
-from atlib.runtime import seed_everything
-from atlib.train import TrainConfig, TrainingDiverged, one_cycle, predict, train
+from atlib.core import stats
+from atlib.core.attacks import AttackConfig
+from atlib.training.evaluate import accuracies, adversarial_logits, evaluate
+from atlib.core.models import build_model
+from atlib.core.runtime import seed_everything
+from atlib.training.train import TrainConfig, TrainingDiverged, one_cycle, predict, train
 
 # ---------------------------------------------------------------- statistics
 
@@ -193,7 +193,7 @@ def test_adversarial_training_is_robust_and_shrinks_the_gap(std_digits_mlp, digi
 
 
 def test_strict_determinism_switch(monkeypatch):
-    from atlib.runtime import strict_determinism
+    from atlib.core.runtime import strict_determinism
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import atlib.store
-from atlib.attacks import AttackConfig
-from atlib.store import MAGIC, CorruptArtifactWarning, Store, artifact_key, code_version
+import atlib.core.store
+from atlib.core.attacks import AttackConfig
+from atlib.core.store import MAGIC, CorruptArtifactWarning, Store, artifact_key, code_version
 
 
 def artifact():
@@ -125,7 +125,7 @@ def test_code_version_tracks_source(tmp_path):
     assert v2 != v1
     Path(b.__file__).write_text("def f():\n    return 2\n")
     assert code_version([a, b]) == v1  # content, not mtime
-    assert code_version([atlib.store]) == code_version([atlib.store])
+    assert code_version([atlib.core.store]) == code_version([atlib.core.store])
 
 
 # ---------------------------------------------------------------- corruption
@@ -193,7 +193,7 @@ def test_failed_replace_keeps_previous_artifact(tmp_path, monkeypatch):
         seen["src_size"] = Path(src).stat().st_size
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(atlib.store.os, "replace", boom)
+    monkeypatch.setattr(atlib.core.store.os, "replace", boom)
     with pytest.raises(OSError, match="simulated"):
         store.save("key", {"new": torch.zeros(1000)})
     monkeypatch.undo()
@@ -217,11 +217,11 @@ def test_no_partial_artifact_ever_visible(tmp_path, monkeypatch):
     def failing_fsync(fd):
         raise OSError("I/O error (simulated)")
 
-    monkeypatch.setattr(atlib.store.os, "fsync", watching_fsync)
+    monkeypatch.setattr(atlib.core.store.os, "fsync", watching_fsync)
     store.save("fresh", artifact())
     assert states == [False] and target.exists()
 
-    monkeypatch.setattr(atlib.store.os, "fsync", failing_fsync)
+    monkeypatch.setattr(atlib.core.store.os, "fsync", failing_fsync)
     with pytest.raises(OSError, match="simulated"):
         store.save("other", artifact())
     assert not store.path("other").exists()

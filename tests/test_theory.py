@@ -7,8 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from atlib import attacks, controls, theory
-from atlib import theory_views as V
+from atlib.core import attacks
+from atlib.studies.theory import controls
+from atlib.studies.theory import linear as theory
+from atlib.studies.theory import views as V
 
 
 def _random_linear(K=5, D=30, seed=0):
@@ -141,7 +143,7 @@ def test_bad_inputs_raise():
         theory.settings("imagenet")
     with pytest.raises(theory.UnknownSettingError, match="valid: smoke"):
         controls.settings("imagenet")
-    from atlib import experiments
+    from atlib.studies.shrinkage import runs as experiments
 
     ctx = experiments.context("smoke", device="cpu")
     with pytest.raises(ValueError, match="unknown control"):
@@ -182,7 +184,7 @@ def test_first_order_radius_and_bisection_on_a_binary_linear_model():
 
 
 def test_verdict_rules():
-    from atlib.stats import Interval
+    from atlib.core.stats import Interval
 
     assert V.control_verdict(Interval(0.8, 0.1, 3)) == "reproduces"
     assert V.control_verdict(Interval(0.05, 0.1, 3)) == "no"

@@ -1,0 +1,260 @@
+"""The claims ledger: each of the paper's three claims, the statistic that tests it, and a verdict per profile.
+
+Reads ``summary.json`` dicts (one per profile that has been run) and never recomputes an experiment: each
+chapter already applied its own rule, fixed before its numbers, and wrote the outcome to its section.
+The ledger shows the statistic with its interval and maps the chapter's outcome onto one vocabulary,
+by the rules in ``RULES`` (printed on the ledger page above the table). A missing section, or one
+written by an older version of its chapter, gives ``not run`` with the reason, never an exception.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One claim judged on one profile's summary."""
+
+    claim: str  # key of CLAIMS
+    verdict: str  # one of VERDICTS
+    reason: str  # which branch of the rule gave the verdict
+    values: dict[str, str] = field(default_factory=dict)  # statistic → "mean [low, high] (n …)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper, where its evidence lives, and how the ledger judges it."""
+
+    key: str
+    title: str
+    statement: str
+    chapter: str
+    section: str  # top-level key of summary.json
+    statistic: str
+    rule: str
+    judge: Callable[[Mapping[str, Any]], Entry]
+
+
+def interval(d: Mapping[str, Any], scale: float = 1.0, unit: str = "", n_key: str = "n", what: str = "seeds",
+             signed: bool = True) -> str:
+    """``mean [low, high] (n seeds)`` from a summary interval ``{mean|value, ci, n|pairs}``; one replicate: no interval.
+    ``signed``: differences carry their sign (+/−)."""
+    mean = d["mean"] if "mean" in d else d["value"]
+    n = len(d["pairs"]) if n_key == "pairs" else d[n_key]
+    lo, hi = d["ci"]
+    f = "+.3g" if signed else ".3g"
+    if n < 2 or lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return f"{scale * mean:{f}}{unit} ({n} {what[:-1] if n == 1 else what}, no interval)"
+    return f"{scale * mean:{f}}{unit} [{scale * lo:{f}}, {scale * hi:{f}}] ({n} {what})"
+
+
+def _missing(key: str, why: str) -> Entry:
+    return Entry(key, NOT_RUN, why)
+
+
+# ------------------------------------------------------------------------------------------------ claim 1
+SHRINK_STATS = {"mean_logit_gap": "Δ logit gap", "mean_max_logit": "Δ max logit"}
+
+
+def judge_shrinkage(s: Mapping[str, Any]) -> Entry:
+    sec = s.get("shrinkage")
+    if not sec:
+        return _missing("shrinkage", "no `shrinkage` section (chapter 02 not run)")
+    try:
+        clean = sec["clean"]
+        values = {label: interval(clean[k]["paired_diff"]) for k, label in SHRINK_STATS.items()}
+        values["Δ centred max logit (reference)"] = interval(clean["mean_centred_max_logit"]["paired_diff"])
+        shrinks = {k: bool(clean[k]["shrinks"]) for k in SHRINK_STATS}
+        grows = {k: bool(clean[k]["grows"]) for k in SHRINK_STATS}
+    except (KeyError, TypeError, ValueError) as e:
+        return _missing("shrinkage", f"the `shrinkage` section lacks {e} (written by an older chapter 02?)")
+    if any(grows.values()):
+        return Entry("shrinkage", NOT_SUPPORTED, "AT raises " + " and ".join(
+            SHRINK_STATS[k].removeprefix("Δ ") for k, g in grows.items() if g) + " (interval above 0)", values)
+    if all(shrinks.values()):
+        return Entry("shrinkage", SUPPORTED, "both intervals lie below 0", values)
+    return Entry("shrinkage", INCONCLUSIVE, "not both intervals lie below 0, neither above", values)
+
+
+# ------------------------------------------------------------------------------------------------ claim 2
+CONFIDENCE_MAP = {"supported": SUPPORTED, "not supported": NOT_SUPPORTED,
+                  "not separated from accuracy": INCONCLUSIVE, "undecided": INCONCLUSIVE}
+CONFIDENCE_ROWS = {"std_vs_at": "ρ std vs AT", "std_vs_std": "ρ std vs std (null)", "at_vs_at": "ρ AT vs AT (null)",
+                   "std_matched_vs_at": "ρ early-stopped std vs AT"}
+
+
+def judge_confidence(s: Mapping[str, Any]) -> Entry:
+    sec = s.get("confidence")
+    if not sec:
+        return _missing("confidence", "no `confidence` section (chapter 03 not run)")
+    try:
+        rho = sec["spearman"]
+        values = {label: interval(rho[k], n_key="pairs", what="seed pairs", signed=False)
+                  for k, label in CONFIDENCE_ROWS.items()}
+        outcome = sec["verdict"]["outcome"]
+    except (KeyError, TypeError, ValueError) as e:
+        return _missing("confidence", f"the `confidence` section lacks {e} (written by an older chapter 03?)")
+    if outcome not in CONFIDENCE_MAP:
+        return _missing("confidence", f"chapter 03's outcome {outcome!r} is not one this ledger knows")
+    return Entry("confidence", CONFIDENCE_MAP[outcome], f"chapter 03's rule: {outcome}", values)
+
+
+# ------------------------------------------------------------------------------------------------ claim 3
+DISTILL_MAP = {"supported": SUPPORTED, "contradicted": NOT_SUPPORTED,
+               "no distilled robustness to ablate": NOT_SUPPORTED, "inconclusive": INCONCLUSIVE}
+DISTILL_ABLATIONS = {"uniform_nonmax": "non-max made uniform", "shuffle_nonmax": "non-max shuffled",
+                     "uniform_confidence": "confidence made uniform"}
+
+
+def _distill_values(rows: list[Mapping[str, Any]], T: str) -> dict[str, str]:
+    at = {r["ablation"]: r for r in rows if r.get("T") is not None and f"{r['T']:g}" == T}
+    out = {}
+    if "hard_labels" in at and at["hard_labels"].get("diff_vs_full"):
+        d = at["hard_labels"]["diff_vs_full"]["robust"]
+        flip = {"mean": -d["mean"], "ci": [-d["ci"][1], -d["ci"][0]], "n": d["n"]}
+        out[f"T={T}: full − hard labels"] = interval(flip, 100, " pp")
+    for name, label in DISTILL_ABLATIONS.items():
+        if name in at and at[name].get("diff_vs_full"):
+            out[f"T={T}: {label} − full"] = interval(at[name]["diff_vs_full"]["robust"], 100, " pp")
+    return out
+
+
+def judge_distillation(s: Mapping[str, Any]) -> Entry:
+    sec = s.get("distillation")
+    if not sec:
+        return _missing("distillation", "no `distillation` section (chapter 04 not run)")
+    try:
+        by_T = sec["verdict"]["by_T"]
+        outcomes = {T: v["claim3"] for T, v in by_T.items()}
+        values: dict[str, str] = {}
+        for T in by_T:
+            values |= _distill_values(sec.get("by_config", []), T)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        return _missing("distillation", f"the `distillation` section lacks {e} (written by an older chapter 04?)")
+    unknown = sorted(set(outcomes.values()) - set(DISTILL_MAP))
+    if not outcomes or unknown:
+        return _missing("distillation", f"chapter 04's outcomes {unknown or 'are empty'} are not ones this ledger knows")
+    mapped = {T: DISTILL_MAP[o] for T, o in outcomes.items()}
+    why = "; ".join(f"T={T}: {o}" for T, o in outcomes.items())
+    if all(m == SUPPORTED for m in mapped.values()):
+        return Entry("distillation", SUPPORTED, f"supported at every temperature ({why})", values)
+    if all(m == NOT_SUPPORTED for m in mapped.values()):
+        return Entry("distillation", NOT_SUPPORTED, f"not supported at any temperature ({why})", values)
+    return Entry("distillation", INCONCLUSIVE, f"mixed or inconclusive across temperatures ({why})", values)
+
+
+# -------------------------------------------------------------------------------------------- the claims
+CLAIMS: dict[str, Claim] = {c.key: c for c in (
+    Claim("shrinkage", "1. Shrinkage",
+          "Adversarial training lowers, on average, the max logit and the logit gap.",
+          "02_training", "shrinkage",
+          "Seed-paired difference main L∞-AT model − standard model (same seed) of the mean max logit and of the "
+          "mean logit gap on clean test inputs; mean with a 95% Student-t interval over seeds.",
+          "**supported** if both intervals lie entirely below 0; **not supported** if either lies entirely "
+          "above 0 (AT raises it); **inconclusive** otherwise, including a single seed. The centred max logit "
+          "(the shift-invariant version, see chapter 01) is shown for reference and does not enter the verdict.",
+          judge_shrinkage),
+    Claim("confidence", "2. Confidence differences",
+          "Standard and AT models differ significantly in which samples are confident.",
+          "03_confidence", "confidence",
+          "Spearman's ρ between two models' per-sample confidence (top-class log-odds) on the evaluation "
+          "subset, one value per seed pair, mean with a 95% Student-t interval over pairs: standard vs AT "
+          "against the seed-to-seed nulls, and an early-stopped standard model at AT's accuracy vs AT.",
+          "chapter 03's rule, fixed before its numbers, mapped: its *supported* (std vs AT below both nulls, and "
+          "still below at matched accuracy) → **supported**; its *not supported* (std vs AT not below both "
+          "nulls) → **not supported**; its *not separated from accuracy* and *undecided* (an interval on fewer "
+          "than two seed pairs) → **inconclusive**.",
+          judge_confidence),
+    Claim("distillation", "3. Distillation",
+          "Some robustness distils from an AT teacher on clean inputs, and the teacher's information about the "
+          "incorrect classes (and its sample-wise confidence) is essential to it.",
+          "04_distillation", "distillation",
+          "Robust accuracy (surviving both PGD attacks) of students distilled on clean inputs, as seed-paired "
+          "differences (percentage points) from the student of the full AT teacher, at each distillation "
+          "temperature T; mean with a 95% Student-t interval over seeds.",
+          "chapter 04's rule gives, per T, *supported*, *contradicted*, *no distilled robustness to ablate* or "
+          "*inconclusive*; the first maps to supported, the next two to not supported, the last to "
+          "inconclusive. Across temperatures: **supported** if supported at every T, **not supported** if not "
+          "supported at every T, **inconclusive** otherwise.",
+          judge_distillation),
+)}
+
+
+def judge(summary: Mapping[str, Any]) -> list[Entry]:
+    """Every claim judged on one profile's summary, in the paper's order."""
+    return [c.judge(summary) for c in CLAIMS.values()]
+
+
+def summary_section(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``claims`` entry of summary.json: per claim its statistic, rule, values and verdict."""
+    return [{"claim": e.claim, "title": CLAIMS[e.claim].title, "statement": CLAIMS[e.claim].statement,
+             "statistic": CLAIMS[e.claim].statistic, "rule": CLAIMS[e.claim].rule, "values": e.values,
+             "verdict": e.verdict, "reason": e.reason} for e in judge(summary)]
+
+
+# ---------------------------------------------------------------------------------------------- the page
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _when(s: Mapping[str, Any]) -> str:
+    return str(s.get("executed_at", "unknown"))
+
+
+def ledger_markdown(summaries: Mapping[str, Mapping[str, Any]], origins: Mapping[str, str]) -> str:
+    """The ledger page (MyST Markdown): the rules, the table (one row per claim, one column per profile), the
+    numbers behind each verdict, and where each profile's summary came from. ``origins[profile]`` names the
+    file a summary was read from."""
+    judged = {p: {e.claim: e for e in judge(s)} for p, s in summaries.items()}
+    head = {p: f"{p} · {s.get('dataset', '?')}" for p, s in summaries.items()}
+    out = ["# Claims ledger", "",
+           "The paper {cite:p}`seguin2021understanding` makes three claims. This page judges each of them on every profile "
+           "whose results are in the repository, from the profile's `summary.json`, by the rules below: they were "
+           "written before the table and are applied by `atlib/book/claims.py`. Each rule maps the outcome of the "
+           "chapter's own rule, itself fixed in the chapter before its numbers. A verdict holds for that dataset, "
+           "model and schedule only; a claim whose chapter did not run on a profile shows *not run*.", "",
+           "## The rules", ""]
+    for c in CLAIMS.values():
+        out += [f"**{c.title}.** *{c.statement}* Statistic ({{doc}}`chapter {c.chapter[:2]} <{c.chapter}>`): "
+                f"{c.statistic} Verdict: {c.rule}", ""]
+    out += ["## The ledger", ""]
+    if not summaries:
+        return "\n".join(out + ["No profile has a committed summary yet: run `python -m atlib book`.", ""])
+    out += ["| claim | " + " | ".join(head.values()) + " |", "| --- |" + " --- |" * len(head)]
+    for c in CLAIMS.values():
+        cells = []
+        for p in summaries:
+            e = judged[p][c.key]
+            first = next(iter(e.values.items()), None)
+            cells.append(f"**{e.verdict}**" + (f" — {first[0]} {first[1]}" if first else f" — {e.reason}"))
+        out.append(f"| **{c.title}** | " + " | ".join(_cell(x) for x in cells) + " |")
+    out += ["", "## The numbers behind each verdict", "",
+            "Mean [95% interval] (replicates) of every statistic a verdict rests on.", ""]
+    for c in CLAIMS.values():
+        rows: list[str] = []
+        for p in summaries:
+            rows += [k for k in judged[p][c.key].values if k not in rows]
+        out += [f"### {c.title}", "", "| statistic | " + " | ".join(head.values()) + " |", "| --- |" + " --- |" * len(head)]
+        for k in rows:
+            out.append(f"| {_cell(k)} | " + " | ".join(_cell(judged[p][c.key].values.get(k, "—")) for p in summaries) + " |")
+        out.append("| **verdict** | " + " | ".join(f"**{judged[p][c.key].verdict}**: {_cell(judged[p][c.key].reason)}"
+                                                  for p in summaries) + " |")
+        out.append("")
+    out += ["## Where the numbers come from", "",
+            "| profile | summary | git commit | executed (UTC) | device | wall time |", "| --- | --- | --- | --- | --- | --- |"]
+    for p, s in summaries.items():
+        wall = s.get("elapsed_s")
+        commit = str(s.get("git_commit", "unknown"))
+        short = f"`{commit[:12]}`" + (" (uncommitted changes)" if commit.endswith("-dirty") else "")
+        out.append(f"| {_cell(head[p])} | {_cell(origins.get(p, '?'))} | {short} | {_when(s)} | "
+                   f"{_cell(str(s.get('device', '?')))} | {'?' if wall is None else f'{wall:.0f} s'} |")
+    return "\n".join(out + [""])

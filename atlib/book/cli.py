@@ -1,0 +1,84 @@
+"""``python -m atlib {book,html,compute,bench}``: build the executed book, re-render it, fill the cache without
+notebooks, or benchmark adversarial training against a plain loop."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from atlib.studies.profiles import DEFAULT_PROFILE, PROFILES
+
+
+def _workers(text: str) -> int:
+    from atlib.training.pool import parse_workers
+
+    try:
+        return parse_workers(text, "--workers")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atlib", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help=f"one of: {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
+    common.add_argument("--cache-dir", default=None, help="artifact cache (default $ATLIB_CACHE or ~/.cache/atlib)")
+    common.add_argument("--data-root", default=None, help="dataset folder (default $ATLIB_DATA, system paths, download)")
+    common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    common.add_argument("--workers", type=_workers, default=None,
+                        help="processes for independent cached jobs, one thread each (default $ATLIB_WORKERS, else "
+                             "one per CPU core up to 8 on the CPU, 1 on CUDA or for the smoke profile)")
+    b = sub.add_parser("book", parents=[common], help="execute the chapters with papermill and build the HTML book")
+    b.add_argument("--out", default=None, help=f"output folder (default: book/, the published book, for "
+                                               f"{DEFAULT_PROFILE}; _build/books/<profile>/ for any other profile)")
+    b.add_argument("--no-html", action="store_true", help="execute the chapters and write summary.json only")
+    b.add_argument("--no-record", action="store_true",
+                   help="do not copy summary.json to results/<profile>/summary.json (read by the claims ledger)")
+    h = sub.add_parser("html", help="build the HTML of an executed book without executing anything (refreshes the "
+                                    "hand-written pages and the claims ledger)")
+    h.add_argument("--out", default=None, help="the executed book's folder (default: book/)")
+    sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")
+    bn = sub.add_parser("bench", help="time atlib's PGD adversarial-training epoch against a plain reference loop")
+    bn.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18"))
+    bn.add_argument("--batch-size", type=int, default=256)
+    bn.add_argument("--steps", type=int, default=10, help="PGD steps (L∞, ε=8/255)")
+    bn.add_argument("--n-images", type=int, default=2048, help="synthetic images per timed epoch")
+    bn.add_argument("--repeats", type=int, default=3, help="timed runs per loop; the median counts")
+    bn.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    bn.add_argument("--no-fast", action="store_true", help="time atlib without its CUDA speed-ups (bf16, "
+                    "channels_last, fused SGD, torch.compile; $ATLIB_COMPILE=0 turns off compile alone)")
+    bn.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    bn.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "bench":
+        from atlib.training.bench import BenchConfig
+        from atlib.training.bench import main as bench_main
+
+        bench_main(BenchConfig(args.model, args.batch_size, args.steps, args.n_images, args.repeats, args.device,
+                               fast=not args.no_fast, threads=args.threads), args.json)
+        return 0
+
+    from atlib.book.runner import BookError, render_book, run_book
+    from atlib.core.data import DataNotFoundError
+    from atlib.studies.profiles import UnknownProfileError
+
+    try:
+        if args.cmd == "book":
+            run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html,
+                     record=not args.no_record, workers=args.workers)
+        elif args.cmd == "html":
+            print(f"HTML: {render_book(args.out) / 'index.html'}")
+        else:
+            from atlib.book.compute import compute_all
+
+            print(f"in the cache: {compute_all(args.profile, args.cache_dir, args.data_root, args.device, args.workers)}")
+    except (UnknownProfileError, DataNotFoundError, BookError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, UnknownProfileError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Content-addressed artifact cache: trained models, histories and logits, keyed by their full config.
+
+A key hashes the config (dataset, model, attack, schedule, seed, ...), a code version (a hash of the
+source of the modules that produce the artifact) and the data fingerprint, so a fix to the training
+code or the data never serves a stale artifact. Each file carries a magic line and the SHA-256 of its
+payload: a truncated or corrupt file is detected, moved aside (``*.corrupt``, kept for inspection) and
+recomputed, never served. Writes go to a temp file in the same folder, then ``os.replace``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+import torch
+
+from atlib.core.runtime import rank_world
+
+MAGIC = b"ATLIB-ARTIFACT v1\n"
+T = TypeVar("T")
+
+
+class CacheMiss(LookupError):
+    """Raised by :meth:`Store.get_or_compute` inside :meth:`Store.probing` instead of computing a missing artifact."""
+
+
+class CorruptArtifactWarning(UserWarning):
+    """A cache file failed its checksum or could not be read; it was moved aside and will be recomputed."""
+
+
+def default_cache_dir() -> Path:
+    """``$ATLIB_CACHE`` if set, else ``~/.cache/atlib``."""
+    return Path(os.environ.get("ATLIB_CACHE") or Path.home() / ".cache" / "atlib")
+
+
+def code_version(modules: Iterable[ModuleType]) -> str:
+    """Hash of the given modules' source files: any change to them changes every key that uses it."""
+    h = hashlib.sha256()
+    for m in sorted(modules, key=lambda m: m.__name__):
+        h.update(m.__name__.encode())
+        h.update(Path(m.__file__ or "").read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _canonical(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _canonical(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if isinstance(obj, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float):
+        return f"float:{obj!r}"  # exact (0.1 != 0.10000001) and never equal to the string "0.1"
+    return obj
+
+
+def artifact_key(kind: str, config: Any, code: str, data_fingerprint: str) -> str:
+    """Deterministic key: ``<kind>-<sha256 of the canonical JSON of everything that determines it>``."""
+    blob = json.dumps({"kind": kind, "config": _canonical(config), "code": code, "data": data_fingerprint},
+                      sort_keys=True, ensure_ascii=True)
+    return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+
+
+class Store:
+    """A folder of checksummed artifacts."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._probing = False
+
+    @contextlib.contextmanager
+    def probing(self) -> Iterator[None]:
+        """Within this block a missing artifact raises :class:`CacheMiss` instead of being computed."""
+        before, self._probing = self._probing, True
+        try:
+            yield
+        finally:
+            self._probing = before
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.pt"
+
+    def save(self, key: str, obj: Any, meta: Mapping[str, Any] | None = None) -> Path:
+        """Atomically write ``obj`` (tensors, dicts, lists, numbers, strings) under ``key``.
+
+        Under ``torchrun`` only rank 0 writes: every rank computed the same artifact (DDP keeps the
+        replicas equal), so one copy is written, once, instead of N racing ones."""
+        if rank_world()[0] != 0:
+            return self.path(key)
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        payload = buf.getvalue()
+        blob = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+        atomic_write(self.path(key), blob)
+        if meta is not None:
+            atomic_write(self.root / f"{key}.json", json.dumps(_canonical(meta), indent=1).encode())
+        return self.path(key)
+
+    def load(self, key: str) -> Any | None:
+        """The artifact, or None if absent; a corrupt file is moved aside with a warning."""
+        p = self.path(key)
+        if not p.exists():
+            return None
+        try:
+            blob = p.read_bytes()
+            if not blob.startswith(MAGIC):
+                raise ValueError("missing header")
+            digest, payload = blob[len(MAGIC):len(MAGIC) + 64], blob[len(MAGIC) + 65:]
+            if hashlib.sha256(payload).hexdigest().encode() != digest:
+                raise ValueError("checksum mismatch (truncated or modified)")
+            return torch.load(io.BytesIO(payload), weights_only=True)
+        except Exception as e:  # noqa: BLE001 - anything unreadable is corrupt
+            aside = p.with_suffix(".corrupt")
+            os.replace(p, aside)
+            warnings.warn(f"cache file {p} is corrupt ({e}); moved to {aside} and recomputing",
+                          CorruptArtifactWarning, stacklevel=2)
+            return None
+
+    def get_or_compute(self, key: str, compute: Callable[[], T], meta: Mapping[str, Any] | None = None) -> tuple[T, bool]:
+        """(artifact, hit): load ``key`` or compute, save and return it (``None`` is not a cacheable value)."""
+        found = self.load(key)
+        if found is not None:
+            return found, True
+        if self._probing:
+            raise CacheMiss(key)
+        obj = compute()
+        self.save(key, obj, meta)
+        return obj, False
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, then ``os.replace``: a kill never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- identities of tensors and models
+
+def model_hash(model: torch.nn.Module) -> str:
+    """Hash of the model's structure (its repr) and every tensor of its state dict."""
+    h = hashlib.sha256(repr(model).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def tensor_hash(*ts: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in ts:
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]

@@ -1,0 +1,377 @@
+"""How strong are atlib's attacks? Independent oracles, worst-case robust accuracy, masking checks.
+
+atlib's batched PGD is the book's fast core; this module checks it against attacks it did not write:
+torchattacks' PGD (L∞) / PGDL2 with the same ε, steps and step size, and torchattacks' APGD with the
+cross-entropy and the DLR loss (the two untargeted attacks of AutoAttack). A sample counts as robust
+only if it survives *every* attack (per-sample minimum): that is the **worst-case robust accuracy**.
+
+Flags (the rules are fixed here, before any number is seen; the chapter states them in prose):
+
+- ``pgd_ce_vs_torchattacks``: atlib PGD-CE accuracy > torchattacks PGD accuracy + 1 pp;
+- ``pgd_ce_vs_apgd`` / ``pgd_margin_vs_apgd``: an atlib PGD accuracy > min(APGD-CE, APGD-DLR) + 2 pp.
+
+Gradient-masking checks run on a smaller fixed subset, one model per kind; their rules and noise
+threshold live in :mod:`atlib.training.masking`.
+
+Every result is cached per model: the key holds a hash of the model's weights and structure, the
+samples, the threat model, the settings, the code of this module and of the attacks, and the
+torchattacks version, so the same function serves the teachers of chapter 02 and any later model
+(distilled students) without confusion. Tables, text, the summary entry and the diagnosis of a flag
+live in ``atlib.studies.audit.views``.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from atlib.core import attacks
+from atlib.core import compat
+from atlib.training import evaluate
+from atlib.training import train
+from atlib.core.attacks import AttackConfig
+from atlib.training.masking import CHANCE_EPS, masking_checks, noise_threshold, same_family
+from atlib.core.runtime import progress_default
+from atlib.core.store import Store, artifact_key, code_version, model_hash, tensor_hash
+from atlib.training.train import correct
+
+Tensor = torch.Tensor
+SCHEMA = 1  # bump when a payload layout changes
+
+# Main-table attacks, in display order: key -> column title.
+ATTACKS = {
+    "atlib_pgd_ce": "atlib PGD-CE",
+    "atlib_pgd_margin": "atlib PGD-margin",
+    "ta_pgd": "torchattacks PGD",
+    "apgd_ce": "APGD-CE",
+    "apgd_dlr": "APGD-DLR",
+}
+TORCHATTACKS_GAP = 0.01  # atlib PGD-CE may not exceed torchattacks PGD by more than 1 pp
+APGD_GAP = 0.02  # an atlib PGD may not exceed the APGD minimum by more than 2 pp
+
+
+class UnknownAuditProfileError(ValueError):
+    """No audit settings exist for this profile name; the message lists the valid ones."""
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How much attacking the audit does on one profile."""
+
+    main_subset: int | None  # samples of the main table: the first N of the evaluation subset (None: all)
+    masking_subset: int  # the first N of those for the masking checks
+    apgd_steps: int  # iterations of APGD-CE and APGD-DLR (AutoAttack uses 100)
+    apgd_restarts: int = 1
+    linf_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, CHANCE_EPS)  # masking sweep, must end at 0.5
+    sweep_steps: int = 20  # PGD-CE steps at each ε of the sweep (step 2.5·ε/steps)
+    few_steps: int = 10
+    many_steps: int = 50
+    restarts: int = 5  # random restarts of PGD-few in the restart check
+    diagnose_max: int = 3  # flagged models (at most) whose gap to APGD is diagnosed
+    student_seeds: int | None = None  # chapter 04's students of the first N seeds are audited (None: all)
+    batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        if self.main_subset is not None and self.main_subset < 1:
+            raise ValueError(f"bad main_subset={self.main_subset!r}: at least 1 (or None for all)")
+        if self.masking_subset < 1:
+            raise ValueError(f"bad masking_subset={self.masking_subset!r}: at least 1")
+        if not self.linf_grid or self.linf_grid[0] != 0 or self.linf_grid[-1] != CHANCE_EPS \
+                or list(self.linf_grid) != sorted(set(self.linf_grid)):
+            raise ValueError(f"bad linf_grid={self.linf_grid!r}: increasing, from 0 to {CHANCE_EPS}")
+        if not 0 < self.few_steps < self.many_steps:
+            raise ValueError(f"bad steps: need 0 < few_steps ({self.few_steps}) < many_steps ({self.many_steps})")
+        if self.student_seeds is not None and self.student_seeds < 1:
+            raise ValueError(f"bad student_seeds={self.student_seeds!r}: at least 1 (or None for all)")
+        if self.restarts < 2 or self.apgd_steps < 1 or self.apgd_restarts < 1 or self.sweep_steps < 1:
+            raise ValueError("restarts must be >= 2, apgd_steps, apgd_restarts and sweep_steps >= 1")
+
+
+SETTINGS: dict[str, AuditSettings] = {
+    # smoke, fashion: chapter 04's students of the first seed only (every recipe), for the books' time budgets
+    "smoke": AuditSettings(main_subset=None, masking_subset=200, apgd_steps=20, student_seeds=1),
+    "fashion": AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=25, restarts=3, student_seeds=1),
+    "mnist": AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100),
+    "cifar10": AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100),
+}
+
+
+def get_settings(profile: str) -> AuditSettings:
+    """The audit settings of a profile; an unknown name raises an error listing the valid ones."""
+    try:
+        return SETTINGS[profile]
+    except KeyError:
+        raise UnknownAuditProfileError(f"no audit settings for profile {profile!r}; "
+                                       f"valid: {', '.join(SETTINGS)}") from None
+
+
+# ---------------------------------------------------------------- oracles
+
+def _torchattacks():
+    compat.import_torchvision()  # torchattacks imports torchvision: go through atlib's shim first
+    import torchattacks
+
+    return torchattacks
+
+
+def torchattacks_version() -> str:
+    return str(_torchattacks().__version__)
+
+
+def oracle(name: str, model: nn.Module, cfg: AttackConfig, apgd_steps: int, apgd_restarts: int, seed: int):
+    """A torchattacks attack object for ``name`` in ``ta_pgd``, ``apgd_ce``, ``apgd_dlr``."""
+    ta = _torchattacks()
+    norm = "Linf" if cfg.norm == "linf" else "L2"
+    if name == "ta_pgd":  # torchattacks has a fixed step only: the evaluated one, or Madry's for a cosine schedule
+        cls = ta.PGD if cfg.norm == "linf" else ta.PGDL2
+        alpha = cfg.step_size if cfg.schedule == "constant" else 2.5 * cfg.eps / max(cfg.steps, 1)
+        return cls(model, eps=cfg.eps, alpha=alpha, steps=cfg.steps, random_start=cfg.random_start)
+    if name in ("apgd_ce", "apgd_dlr"):
+        return ta.APGD(model, norm=norm, eps=cfg.eps, steps=apgd_steps, n_restarts=apgd_restarts, seed=seed,
+                       loss=name.removeprefix("apgd_"))
+    raise ValueError(f"unknown oracle {name!r}; valid: ta_pgd, apgd_ce, apgd_dlr")
+
+
+def run_oracle(name: str, model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, apgd_steps: int,
+               apgd_restarts: int, seed: int, batch_size: int = 500) -> Tensor:
+    """Adversarial inputs from a torchattacks oracle, the model in eval mode on [0, 1] inputs.
+
+    torchattacks draws its random starts from torch's *global* generator and APGD even re-seeds it, so
+    the call runs inside ``fork_rng``: it is reproducible (seeded by ``seed``) and leaves the caller's
+    random state untouched.
+    """
+    was = model.training
+    model.eval()
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    out = []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            torch.manual_seed(seed)
+            atk = oracle(name, model, cfg, apgd_steps, apgd_restarts, seed)
+            for i in range(0, len(x), batch_size):
+                out.append(atk(x[i:i + batch_size], y[i:i + batch_size]).detach())
+    finally:
+        model.train(was)
+    return torch.cat(out)
+
+
+def worst_case(robust: Mapping[str, Tensor]) -> Tensor:
+    """A sample is robust only if it survives every attack (per-sample AND, i.e. the minimum)."""
+    if not robust:
+        raise ValueError("worst_case needs at least one attack's per-sample results")
+    masks = list(robust.values())
+    if len({m.shape for m in masks}) != 1:
+        raise ValueError(f"per-sample results of different lengths: { {k: tuple(v.shape) for k, v in robust.items()} }")
+    out = masks[0].clone().bool()
+    for m in masks[1:]:
+        out &= m.bool()
+    return out
+
+
+def attack_flags(acc: Mapping[str, float]) -> list[str]:
+    """The main-table flags (see the module docstring) from accuracies in [0, 1]."""
+    flags = []
+    if acc["atlib_pgd_ce"] > acc["ta_pgd"] + TORCHATTACKS_GAP + 1e-9:
+        flags.append("pgd_ce_vs_torchattacks")
+    apgd = min(acc["apgd_ce"], acc["apgd_dlr"])
+    for k in ("atlib_pgd_ce", "atlib_pgd_margin"):
+        if acc[k] > apgd + APGD_GAP + 1e-9:
+            flags.append(f"{k.removeprefix('atlib_')}_vs_apgd")
+    return flags
+
+
+# ---------------------------------------------------------------- identities for the cache
+
+def _code(extra: Sequence[ModuleType] = ()) -> str:
+    import sys
+
+    mods = [sys.modules[__name__], attacks, evaluate, train, *extra]
+    return code_version(mods) + "-ta" + torchattacks_version()
+
+
+def _cached(store: Store | None, kind: str, cfg: dict[str, Any], data_fp: str, fn: Callable[[], dict],
+            extra: Sequence[ModuleType] = ()) -> tuple[dict, bool]:
+    """``fn()``, through ``store`` when one is given; the key covers this module, the attacks and ``extra``."""
+    if store is None:
+        return fn(), False
+    return store.get_or_compute(artifact_key(kind, cfg, _code(extra), data_fp), fn, meta=cfg)
+
+
+# ---------------------------------------------------------------- the main table
+
+def _check_in_threat(xa: Tensor, x: Tensor, cfg: AttackConfig, who: str) -> None:
+    """An oracle's output must lie in the box and the ball, else its accuracy means nothing."""
+    d = (xa - x).flatten(1)
+    size = d.abs().amax(1) if cfg.norm == "linf" else d.norm(dim=1)
+    if xa.min() < -1e-6 or xa.max() > 1 + 1e-6 or size.max() > cfg.eps * (1 + 1e-4) + 1e-6:
+        raise RuntimeError(f"{who} left the threat model ({cfg.norm} ε={cfg.eps}): max size {float(size.max()):.4g}")
+
+
+
+def audit_model(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, settings: AuditSettings, seed: int,
+                atlib_logits: Mapping[str, Tensor] | None = None, store: Store | None = None,
+                data_fp: str = "") -> dict[str, Any]:
+    """Clean, atlib PGD-CE/margin, torchattacks PGD, APGD-CE, APGD-DLR and worst case on (x, y).
+
+    ``threat`` is atlib's PGD-CE evaluation attack of this model (norm, ε, steps, step size); the
+    margin run and the torchattacks PGD use the same settings. ``atlib_logits`` may hand in logits
+    atlib already computed with exactly these attacks (``{"ce": ..., "margin": ...}``, one row per
+    sample), e.g. chapter 02's cached ones. Returns per-sample robust masks, accuracies and flags.
+    """
+    if threat.loss != "ce":
+        raise ValueError(f"threat must be atlib's PGD-CE config (got loss {threat.loss!r})")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs but {len(y)} labels")
+    if atlib_logits is not None and any(len(v) != len(y) for v in atlib_logits.values()):
+        raise ValueError("atlib_logits must have one row per sample of x")
+    margin_cfg = replace(threat, loss="margin")
+    cfg = {"schema": SCHEMA, "model": model_hash(model), "data": tensor_hash(x, y), "threat": asdict(threat),
+           "settings": asdict(settings), "seed": seed, "atlib_given": atlib_logits is not None}
+
+    def compute() -> dict[str, Any]:
+        robust: dict[str, Tensor] = {"clean": correct(model, x, y)}
+        for key, c in (("ce", threat), ("margin", margin_cfg)):
+            z = atlib_logits[key] if atlib_logits is not None else \
+                evaluate.adversarial_logits(model, x, y, c, seed, settings.batch_size)
+            robust[f"atlib_pgd_{key}"] = z.argmax(1) == y.cpu()
+        for name in ("ta_pgd", "apgd_ce", "apgd_dlr"):
+            xa = run_oracle(name, model, x, y, threat, settings.apgd_steps, settings.apgd_restarts, seed,
+                            settings.batch_size)
+            _check_in_threat(xa, x, threat, name)
+            robust[name] = correct(model, xa, y)
+        return {"robust": robust}
+
+    payload, hit = _cached(store, "audit", cfg, data_fp, compute)
+    robust = payload["robust"]
+    robust["worst_case"] = worst_case({k: v for k, v in robust.items()})
+    acc = {k: float(v.float().mean()) for k, v in robust.items()}
+    return {"robust": robust, "acc": acc, "flags": attack_flags(acc), "n": len(y), "cached": hit}
+
+
+
+
+# ---------------------------------------------------------------- a list of models
+
+@dataclass
+class Target:
+    """One model to audit: its name, the model, atlib's PGD-CE config of its threat model, its seed."""
+
+    name: str
+    model: nn.Module
+    threat: AttackConfig
+    seed: int = 0
+    group: str = ""  # models of one group (same recipe, different seeds) are aggregated over seeds
+    atlib_logits: Mapping[str, Tensor] | None = None
+    surrogate: nn.Module | None = None  # for the transfer check; only targets with masking=True use it
+    masking: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def audit(targets: Sequence[Target] | Sequence[tuple[str, nn.Module]], x: Tensor, y: Tensor,
+          settings: AuditSettings, num_classes: int, threat: AttackConfig | None = None,
+          store: Store | None = None, data_fp: str = "", progress: bool | None = None) -> list[dict[str, Any]]:
+    """Audit every target (or plain ``(name, model)`` pairs, all under ``threat``) on (x, y).
+
+    The main table uses the first ``settings.main_subset`` samples, the masking checks the first
+    ``settings.masking_subset`` of those. Returns one record per model, in order.
+    """
+    progress = progress_default() if progress is None else progress
+    tg = [t if isinstance(t, Target) else Target(t[0], t[1], _need(threat)) for t in targets]
+    if len({t.name for t in tg}) != len(tg):
+        raise ValueError("model names must be unique")
+    n = len(y) if settings.main_subset is None else min(settings.main_subset, len(y))
+    xm, ym = x[:n], y[:n]
+    k = min(settings.masking_subset, n)
+    out = []
+    for t in tqdm(tg, desc="audit", disable=not progress):
+        given = {key: v[:n] for key, v in t.atlib_logits.items()} if t.atlib_logits is not None else None
+        main = audit_model(t.model, xm, ym, t.threat, settings, t.seed, given, store, data_fp)
+        rec = {"name": t.name, "group": t.group or t.name, "seed": t.seed, "meta": dict(t.meta),
+               "threat": _threat_record(t.threat), "n": main["n"], "acc": main["acc"], "robust": main["robust"],
+               "flags": list(main["flags"]), "masking": None, "cached": main["cached"]}
+        if t.masking:
+            m = masking_checks(t.model, xm[:k], ym[:k], t.threat, settings, t.seed, num_classes, t.surrogate,
+                               store, data_fp)
+            rec["masking"] = {"n": k, "raw": m["raw"], "checks": m["checks"]}
+            rec["flags"] += m["flags"]
+        out.append(rec)
+    return out
+
+
+def _need(threat: AttackConfig | None) -> AttackConfig:
+    if threat is None:
+        raise ValueError("plain (name, model) pairs need a threat= AttackConfig")
+    return threat
+
+
+def _threat_record(c: AttackConfig) -> dict[str, Any]:
+    return {"norm": c.norm, "eps": c.eps, "steps": c.steps, "step_size": c.step_size, "schedule": c.schedule,
+            "random_start": c.random_start}
+
+
+# ---------------------------------------------------------------- chapter 02's models
+
+def training_targets(ctx: Any, runs: Sequence[Any]) -> list[Target]:
+    """Targets for chapter 02's runs: each under its own threat model (L2-AT under L2, the rest L∞),
+    atlib's cached PGD logits reused; masking checks on the first seed of each kind, with the same
+    kind at the next seed as the transfer surrogate."""
+    atk = ctx.profile.eval_attacks()
+    by_spec: dict[Any, list[Any]] = {}
+    for r in runs:
+        by_spec.setdefault(r.spec, []).append(r)
+    out = []
+    for r in runs:
+        own = "l2" if r.spec.norm == "l2" else "linf"
+        same = sorted(by_spec[r.spec], key=lambda q: q.seed)
+        first = same[0] is r
+        sur = same[1].model if first and len(same) > 1 else None
+        out.append(Target(r.name, r.model, atk[f"{own}_ce"], r.seed, r.spec.label,
+                          {"ce": r.logits[f"{own}_ce"], "margin": r.logits[f"{own}_margin"]},
+                          sur, masking=first,
+                          meta={"kind": r.spec.kind, "norm": r.spec.norm, "eps": r.spec.eps,
+                                "surrogate": same[1].name if sur is not None else None}))
+    return out
+
+
+def audit_runs(ctx: Any, runs: Sequence[Any], settings: AuditSettings | None = None,
+               progress: bool | None = None) -> list[dict[str, Any]]:
+    """:func:`audit` of chapter 02's models on the profile's evaluation subset, cached in ``ctx.store``."""
+    s = settings or get_settings(ctx.profile.name)
+    return audit(training_targets(ctx, runs), ctx.eval_x, ctx.eval_y, s, ctx.data.num_classes,
+                 store=ctx.store, data_fp=ctx.data.fingerprint, progress=progress)
+
+
+# ---------------------------------------------------------------- chapter 04's students
+
+def student_targets(ctx: Any, grid: Any, seeds: Sequence[int] | None = None) -> list[Target]:
+    """Targets for chapter 04's distilled students and PGD-AT students (a ``distill_runs.Grid``), all under
+    the teachers' main L∞ PGD-CE attack; ``seeds`` (default: every seed of the profile) picks which.
+    No masking checks here: chapter 04 runs its own on every student."""
+    ce = ctx.profile.eval_attacks()["linf_ce"]
+    keep = set(ctx.profile.seeds if seeds is None else seeds)
+    out = []
+    for r in [*grid.students, *grid.ceiling]:
+        if r.seed not in keep:
+            continue
+        recipe = "PGD-AT student" if r.ablation == "pgd_at" else \
+            f"student: {r.ablation}" + (f", T={r.T:g}" if r.T is not None else "")
+        out.append(Target(f"{recipe} (seed {r.seed})", r.model, ce, r.seed, recipe,
+                          meta={"kind": "student", "ablation": r.ablation, "T": r.T}))
+    return out
+
+
+def audit_students(ctx: Any, grid: Any, settings: AuditSettings | None = None, seeds: Sequence[int] | None = None,
+                   progress: bool | None = None) -> list[dict[str, Any]]:
+    """:func:`audit` of chapter 04's students on chapter 04's own evaluation samples (the first
+    ``grid.n_eval`` of the evaluation subset, so both chapters attack the same images), cached in
+    ``ctx.store``; ``seeds`` defaults to the first ``settings.student_seeds`` seeds of the profile."""
+    s = settings or get_settings(ctx.profile.name)
+    if seeds is None:
+        seeds = ctx.profile.seeds[:s.student_seeds]
+    return audit(student_targets(ctx, grid, seeds), ctx.eval_x, ctx.eval_y, replace(s, main_subset=grid.n_eval),
+                 ctx.data.num_classes, store=ctx.store, data_fp=ctx.data.fingerprint, progress=progress)

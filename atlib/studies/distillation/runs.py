@@ -1,0 +1,311 @@
+"""Chapter 04's cached experiments: teacher outputs, distilled students, their attacks and masking checks.
+
+The teachers are chapter 02's standard and main L∞-AT models, obtained through ``experiments.model_run``
+(trained once for the whole book). Student ``seed`` is distilled from the teachers of the same seed, is
+initialised and shuffled with it, and (for ``shuffle_nonmax``) draws its permutation from it: the seed
+pairs students across ablations. Every artifact is keyed by everything that determines it, including
+a hash of the teachers' weights and the code of the modules involved.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from atlib.core import attacks
+from atlib.core import data
+from atlib.training import distill
+from atlib.studies.distillation import targets as distill_targets
+from atlib.training import evaluate
+from atlib.studies.shrinkage import runs as experiments
+from atlib.training import masking
+from atlib.core import models
+from atlib.training import train
+from atlib.studies.distillation.targets import TeacherLogits, get_ablation
+from atlib.studies.shrinkage.runs import Context, ModelRun
+from atlib.studies.profiles import DistillSettings, ModelSpec
+from atlib.core.runtime import progress_default, seed_everything
+from atlib.core.store import artifact_key, code_version, model_hash, tensor_hash
+
+Tensor = torch.Tensor
+SCHEMA = 1  # bump when the orchestration here (targets, seeds, the survivor chain) or a payload layout changes
+TRAIN_CODE = code_version([data, models, train, distill, distill_targets])
+EVAL_CODE = code_version([attacks, evaluate, train, distill])
+
+
+def settings(ctx: Context) -> DistillSettings:
+    """The profile's distillation settings, checked against its threat model."""
+    s = ctx.profile.distill
+    if s.sweep_eps[0] <= ctx.profile.linf_eps:
+        raise ValueError(f"sweep_eps={s.sweep_eps} must start above the profile's L∞ ε={ctx.profile.linf_eps}")
+    return s
+
+
+def eval_set(ctx: Context) -> tuple[Tensor, Tensor]:
+    """The students' evaluation samples: the first ``eval_subset`` of the profile's evaluation subset."""
+    n = min(settings(ctx).eval_subset, len(ctx.eval_y))
+    return ctx.eval_x[:n], ctx.eval_y[:n]
+
+
+# ------------------------------------------------------------------------------------------ teachers
+def teacher_specs(ctx: Context) -> dict[str, ModelSpec]:
+    """The two teachers: the profile's main AT model and the standard model."""
+    return {"at": ctx.profile.main_at, "std": ModelSpec("standard")}
+
+
+def teachers(ctx: Context, seed: int, progress: bool | None = None) -> dict[str, ModelRun]:
+    """Chapter 02's AT and standard models of ``seed`` (cache hits when chapter 02 ran first)."""
+    return {k: experiments.model_run(ctx, spec, seed, progress) for k, spec in teacher_specs(ctx).items()}
+
+
+def teacher_outputs(ctx: Context, tea: dict[str, ModelRun]) -> TeacherLogits:
+    """Both teachers' logits on the (unaugmented) training set, computed once and cached."""
+    cfg = {"schema": SCHEMA, "at": model_hash(tea["at"].model), "std": model_hash(tea["std"].model),
+           "train": tensor_hash(ctx.data.train_x, ctx.data.train_y)}
+    out, _ = ctx.store.get_or_compute(
+        artifact_key("distill_teacher_logits", cfg, TRAIN_CODE, ctx.data.fingerprint),
+        lambda: {k: train.predict(tea[k].model, ctx.data.train_x) for k in ("at", "std")}, meta=cfg)
+    return TeacherLogits(out["at"], out["std"], ctx.data.train_y.cpu())
+
+
+def transfer_inputs(ctx: Context, teacher: nn.Module, seed: int) -> Tensor:
+    """PGD-CE adversarial examples (the evaluation attack) crafted on ``teacher`` for the students' samples."""
+    x, y = eval_set(ctx)
+    cfg_atk = ctx.profile.eval_attacks()["linf_ce"]
+    cfg = {"schema": SCHEMA, "teacher": model_hash(teacher), "data": tensor_hash(x, y),
+           "attack": asdict(cfg_atk), "seed": seed}
+    out, _ = ctx.store.get_or_compute(
+        artifact_key("distill_transfer", cfg, EVAL_CODE, ctx.data.fingerprint),
+        lambda: {"x": attacks.make_attack(teacher, cfg_atk)(x, y, torch.Generator(device=x.device).manual_seed(seed)).cpu()},
+        meta=cfg)
+    return out["x"].to(x.device)
+
+
+# ------------------------------------------------------------------------------------------ students
+@dataclass
+class StudentRun:
+    """One trained student (or PGD-AT reference) with its per-sample robustness under every attack."""
+
+    ablation: str  # an ABLATIONS name, or "pgd_at" for the PGD-AT student
+    T: float | None  # None: no temperature (plain CE or PGD-AT)
+    alpha: float
+    seed: int
+    model: nn.Module
+    history: list[dict]
+    robust: dict[str, Tensor]  # per-sample bool masks; see evaluate_student
+    checks: list[dict]
+    train_seconds: float
+    cached: bool
+
+    @property
+    def flags(self) -> list[str]:
+        return [c["flag"] for c in self.checks if not c["passed"]]
+
+    def acc(self, key: str) -> float:
+        return float(self.robust[key].float().mean())
+
+
+def student_config(ctx: Context, ablation: str, T: float | None, seed: int, tea: dict[str, ModelRun]) -> dict:
+    """Everything that determines a student (its cache key). ``hard_labels`` ignores T and the teachers."""
+    s, p = settings(ctx), ctx.profile
+    ab = get_ablation(ablation)
+    if ab.plain_ce:
+        dc = distill.DistillConfig(1.0, 0.0, s.epochs, s.batch_size, p.lr, weight_decay=p.weight_decay)
+        teach = None
+    else:
+        if T not in s.temperatures:
+            raise ValueError(f"T={T!r} is not one of this profile's temperatures {s.temperatures}")
+        dc = distill.DistillConfig(float(T), s.alpha, s.epochs, s.batch_size, s.lr_at(T), weight_decay=p.weight_decay)
+        teach = {k: model_hash(v.model) for k, v in tea.items()}
+    return {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
+            "width": s.student_width or p.width, "ablation": ablation, "distill": asdict(dc), "teachers": teach,
+            "seed": seed}
+
+
+def build_student(ctx: Context, seed: int) -> nn.Module:
+    p, d = ctx.profile, ctx.data
+    seed_everything(seed)
+    return models.build_model(p.arch, d.shape, d.num_classes, d.mean, d.std,
+                              settings(ctx).student_width or p.width).to(ctx.device)
+
+
+def _trained(ctx: Context, kind: str, cfg: dict, seed: int, fit) -> tuple[nn.Module, dict, str, bool]:
+    model = build_student(ctx, seed)
+
+    def compute() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        hist = fit(model)
+        return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
+                "train_seconds": time.perf_counter() - t0}
+
+    key = artifact_key(kind, cfg, TRAIN_CODE, ctx.data.fingerprint)
+    payload, hit = ctx.store.get_or_compute(key, compute, meta=cfg)
+    if hit:
+        model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload, key, hit
+
+
+def eval_attacks(ctx: Context) -> dict[str, Any]:
+    """The attacks of a student's evaluation, all built from the teachers' evaluation attacks."""
+    s, atk = settings(ctx), ctx.profile.eval_attacks()
+    ce = atk["linf_ce"]
+    return {"ce": ce, "margin": atk["linf_margin"],
+            "few": masking.same_family(ce, "linf", ce.eps, s.few_steps),
+            "many": masking.same_family(ce, "linf", ce.eps, s.many_steps),
+            "sweep": [masking.same_family(ce, "linf", e, ce.steps) for e in s.sweep_eps]}
+
+
+def evaluate_student(ctx: Context, model: nn.Module, model_key: str, seed: int,
+                     transfer: dict[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
+    """Per-sample robustness masks (cached): ``clean``; ``ce``/``margin`` (the teachers' PGD attacks, on the
+    clean-correct samples); ``few`` (fewer-step PGD CE); ``many`` (more-step PGD CE on the CE ∧ margin survivors);
+    ``eps_<ε>`` (PGD CE at each larger ε, each on the survivors of the previous one); ``transfer_at`` /
+    ``transfer_std`` (the teachers' PGD-CE examples); ``worst`` (every attack at the main ε)."""
+    x, y = eval_set(ctx)
+    A = eval_attacks(ctx)
+    cfg = {"schema": SCHEMA, "model": model_key, "data": tensor_hash(x, y), "seed": seed,
+           "attacks": {k: [asdict(c) for c in v] if isinstance(v, list) else asdict(v) for k, v in A.items()},
+           "transfer": {k: tensor_hash(v) for k, v in transfer.items()}}
+
+    def compute() -> dict[str, Tensor]:
+        r: dict[str, Tensor] = {"clean": train.correct(model, x, y)}
+        for i, k in enumerate(("ce", "margin", "few")):
+            r[k] = distill.survivors(model, x, y, r["clean"], A[k], seed + 1000 * i)
+        r["many"] = distill.survivors(model, x, y, r["ce"] & r["margin"], A["many"], seed + 3000)
+        alive = r["many"]
+        for j, c in enumerate(A["sweep"]):
+            alive = distill.survivors(model, x, y, alive, c, seed + 4000 + j)
+            r[f"eps_{c.eps:g}"] = alive
+        for k, xa in transfer.items():
+            r[f"transfer_{k}"] = train.correct(model, xa, y)
+        return r
+
+    r, hit = ctx.store.get_or_compute(artifact_key("distill_eval", cfg, EVAL_CODE, ctx.data.fingerprint),
+                                      compute, meta=cfg)
+    r["robust"] = r["ce"] & r["margin"]
+    r["worst"] = r["many"] & r["few"] & r["transfer_at"] & r["transfer_std"]
+    return r, hit
+
+
+def masking_checks(ctx: Context, r: dict[str, Tensor]) -> list[dict]:
+    """The gradient-masking checks of one model (rules in the chapter), each ``{flag, passed, value, threshold, detail}``.
+
+    Thresholds are ``masking.noise_threshold``: two binomial standard errors, at least three samples' worth.
+    """
+    s, n, k = settings(ctx), len(r["clean"]), ctx.data.num_classes
+    acc = {key: float(v.float().mean()) for key, v in r.items()}
+    last = f"eps_{s.sweep_eps[-1]:g}"
+    chance, rob = 1 / k, acc["robust"]
+    tests = [
+        ("above_chance_at_eps_0.5", acc[last] - chance, masking.noise_threshold(chance, n),
+         f"L∞ ε={s.sweep_eps[-1]:g}: {100 * acc[last]:.1f}% vs chance {100 * chance:.0f}%"),
+        ("more_steps_lower_acc", rob - acc["many"], masking.noise_threshold(rob, n),
+         f"PGD-{s.many_steps} on survivors: {100 * rob:.1f}% → {100 * acc['many']:.1f}%"),
+        ("more_steps_raise_acc", acc["ce"] - acc["few"], masking.noise_threshold(acc["few"], n),
+         f"PGD-{s.few_steps} {100 * acc['few']:.1f}% vs PGD-{ctx.profile.eval_steps} {100 * acc['ce']:.1f}%"),
+    ]
+    for t in ("at", "std"):
+        tests.append((f"transfer_from_{t}_stronger", rob - acc[f"transfer_{t}"], masking.noise_threshold(rob, n),
+                      f"white-box {100 * rob:.1f}%, transfer from the {t.upper()} teacher {100 * acc[f'transfer_{t}']:.1f}%"))
+    return [{"flag": f, "value": v, "threshold": th, "passed": bool(v <= th), "detail": d} for f, v, th, d in tests]
+
+
+def _transfers(ctx: Context, tea: dict[str, ModelRun], seed: int) -> dict[str, Tensor]:
+    return {k: transfer_inputs(ctx, tea[k].model, seed) for k in ("at", "std")}
+
+
+def student_run(ctx: Context, ablation: str, T: float | None, seed: int, progress: bool | None = None,
+                tea: dict[str, ModelRun] | None = None, tl: TeacherLogits | None = None) -> StudentRun:
+    """Distil (or load) the student of ``ablation`` at ``T`` and ``seed``, attack it and run its masking checks."""
+    progress = progress_default() if progress is None else progress
+    ab = get_ablation(ablation)
+    tea = tea or teachers(ctx, seed, progress)
+    cfg = student_config(ctx, ablation, T, seed, tea)
+    dc = distill.DistillConfig(**cfg["distill"])
+
+    def fit(model: nn.Module) -> list[dict]:
+        t = tl or teacher_outputs(ctx, tea)
+        tgt = ab(t, dc.T, seed).float().to(ctx.device)
+        return distill.distill(model, ctx.data.train_x, tgt, ctx.data.train_y, dc, seed,
+                               name=f"{ablation} T={T} seed {seed}", progress=progress)
+
+    model, payload, key, hit = _trained(ctx, "distill_student", cfg, seed, fit)
+    r, _ = evaluate_student(ctx, model, key, seed, _transfers(ctx, tea, seed))
+    return StudentRun(ablation, None if ab.plain_ce else float(T), dc.alpha, seed, model, payload["history"], r,
+                      masking_checks(ctx, r), payload["train_seconds"], hit)
+
+
+def ceiling_run(ctx: Context, seed: int, progress: bool | None = None,
+                tea: dict[str, ModelRun] | None = None) -> StudentRun:
+    """The PGD-AT student: the student architecture and schedule trained with the teachers' PGD-AT attack."""
+    progress = progress_default() if progress is None else progress
+    s, p = settings(ctx), ctx.profile
+    tea = tea or teachers(ctx, seed, progress)
+    tc = replace(p.train_config(p.main_at), epochs=s.epochs, batch_size=s.batch_size, augment=False)
+    cfg = {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
+           "width": s.student_width or p.width, "train": asdict(tc), "seed": seed}
+    model, payload, key, hit = _trained(
+        ctx, "distill_pgd_at", cfg, seed,
+        lambda m: train.train(m, ctx.data.train_x, ctx.data.train_y, tc, seed, name=f"PGD-AT student seed {seed}",
+                              progress=progress))
+    r, _ = evaluate_student(ctx, model, key, seed, _transfers(ctx, tea, seed))
+    return StudentRun("pgd_at", None, 0.0, seed, model, payload["history"], r, masking_checks(ctx, r),
+                      payload["train_seconds"], hit)
+
+
+# ---------------------------------------------------------------------------------------------- grid
+@dataclass
+class Grid:
+    """Every student of the chapter, the PGD-AT references and the teachers."""
+
+    students: list[StudentRun]
+    ceiling: list[StudentRun]
+    teachers: dict[int, dict[str, ModelRun]]
+    outputs: dict[int, TeacherLogits]
+    temperatures: tuple[float, ...]
+    seeds: tuple[int, ...]
+    n_eval: int
+    seconds: float
+
+    def runs(self, ablation: str, T: float | None) -> list[StudentRun]:
+        """The students of one (ablation, T), by seed; ``hard_labels`` ignores T."""
+        plain = get_ablation(ablation).plain_ce
+        return sorted((r for r in self.students if r.ablation == ablation and (plain or r.T == T)),
+                      key=lambda r: r.seed)
+
+
+def configs(ctx: Context) -> list[tuple[str, float | None]]:
+    """Every distinct (ablation, T) to train: each ablation at each T, ``hard_labels`` once."""
+    out: list[tuple[str, float | None]] = []
+    for name, ab in distill_targets.ABLATIONS.items():
+        out += [(name, None)] if ab.plain_ce else [(name, T) for T in settings(ctx).temperatures]
+    return out
+
+
+def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
+    """Train (or load) every student of every seed, then the PGD-AT references; attack and check all."""
+    progress = progress_default() if progress is None else progress
+    t0 = time.perf_counter()
+    seeds = ctx.profile.seeds
+    experiments.fill(ctx, [(experiments.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
+                     "teachers", progress)
+    tea = {s: teachers(ctx, s, progress) for s in seeds}
+    outs = {s: teacher_outputs(ctx, tea[s]) for s in seeds}
+    for s in seeds:
+        _transfers(ctx, tea[s], s)  # here once, not raced by the workers below
+    jobs = [(a, T, s) for s in seeds for a, T in configs(ctx)]
+    experiments.fill(ctx, [(ceiling_run, (s,)) for s in seeds] + [(student_run, j) for j in jobs],  # longest first
+                     "students", progress)
+    bar = tqdm(jobs, desc=f"{ctx.profile.name}: students", disable=not progress)
+    students = []
+    for a, T, s in bar:
+        bar.set_postfix_str(f"{a}, T={T}, seed {s}")
+        students.append(student_run(ctx, a, T, s, progress=False, tea=tea[s], tl=outs[s]))
+    ceiling = [ceiling_run(ctx, s, progress=False, tea=tea[s]) for s in
+               tqdm(seeds, desc="PGD-AT students", disable=not progress)]
+    return Grid(students, ceiling, tea, outs, settings(ctx).temperatures, tuple(seeds), len(eval_set(ctx)[1]),
+                time.perf_counter() - t0)

@@ -1,0 +1,232 @@
+"""Cached experiment functions: what the chapters and ``python -m atlib compute`` call.
+
+``model_run(ctx, spec, seed)`` trains (or loads from the store) one model of a profile and evaluates
+it on the profile's fixed evaluation subset under every evaluation attack. Whichever chapter asks
+first trains it once; every later call is a cache hit.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from atlib.core import attacks
+from atlib.core import data
+from atlib.training import distributed
+from atlib.training import evaluate
+from atlib.core import models
+from atlib.training import pool
+from atlib.core import stats
+from atlib.training import train
+from atlib.studies.profiles import ModelSpec, Profile, get_profile
+from atlib.core.runtime import pick_device, progress_default, seed_everything, strict_determinism
+from atlib.core.store import Store, artifact_key, code_version
+
+SCHEMA = 2  # bump when the payload layout of a trained model or of its evaluation changes
+TRAIN_CODE = code_version([data, models, attacks, train])  # what a trained model depends on
+EVAL_CODE = code_version([attacks, evaluate, stats])  # what its evaluation depends on: retrain-free fixes
+CODE = TRAIN_CODE + "-" + EVAL_CODE
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Context:
+    """A profile bound to its data (on the compute device), the evaluation subset and the store."""
+
+    profile: Profile
+    data: data.Data
+    eval_x: Tensor
+    eval_y: Tensor
+    eval_index: Tensor
+    store: Store
+    device: torch.device
+    data_root: str | None = None
+    workers: int = 1  # processes for cache-filling jobs (atlib.training.pool); 1: everything in-process
+
+
+def context(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
+            device: str | None = None, workers: int | None = None) -> Context:
+    """Load the profile's data onto the device and open the store (data loading is memoised).
+
+    ``workers``: default ``$ATLIB_WORKERS``, else one per CPU core (at most 8) on the CPU for a profile
+    whose jobs are worth a process (``Profile.pool_jobs``), else 1 (and always 1 on CUDA unless set).
+    """
+    p = get_profile(profile)
+    dev = pick_device(device)
+    if os.environ.get("ATLIB_DETERMINISTIC"):
+        strict_determinism()
+    d = _load_data(p.dataset, data_root, str(dev)).subset(p.train_subset)
+    idx = data.eval_indices(len(d.test_y), p.eval_subset)
+    n = pool.default_workers(dev, p.pool_jobs) if workers is None else pool.parse_workers(workers)
+    return Context(p, d, d.test_x[idx.to(dev)], d.test_y[idx.to(dev)], idx, Store(cache_dir), dev,
+                   None if data_root is None else str(data_root), n)
+
+
+def fill(ctx: Context, jobs: Sequence[pool.Job], desc: str, progress: bool | None = None) -> int:
+    """Compute the jobs not yet in the store in ``ctx.workers`` single-thread processes (see :mod:`atlib.training.pool`);
+    returns how many ran. A no-op with one worker: the caller's own calls then compute in-process."""
+    if ctx.workers <= 1 or distributed.rank_world()[1] > 1:  # under torchrun the ranks share each job
+        return 0
+    todo = pool.missing(ctx.store, ctx, jobs)
+    progress = progress_default() if progress is None else progress
+    pool.run(todo, ctx.workers, context, (ctx.profile, str(ctx.store.root), ctx.data_root, str(ctx.device), 1),
+             desc=f"{ctx.profile.name}: {desc}", progress=progress)
+    return len(todo)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_data(name: str, data_root: str | None, device: str) -> data.Data:
+    return data.load_dataset(name, data_root).to(device)
+
+
+@dataclass
+class ModelRun:
+    """A trained model with its history and its logits on the evaluation subset (clean and attacked)."""
+
+    spec: ModelSpec
+    seed: int
+    model: nn.Module
+    history: list[dict]
+    logits: dict[str, Tensor]
+    labels: Tensor
+    train_seconds: float
+    cached: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}_s{self.seed}"
+
+    def acc(self, key: str = "clean") -> float:
+        return stats.accuracy(self.logits[key], self.labels)
+
+    def logit_stats(self, key: str = "clean") -> dict[str, float]:
+        return stats.logit_summary(self.logits[key], self.labels)
+
+
+def build(ctx: Context, seed: int) -> nn.Module:
+    """A freshly initialised model of the profile's architecture (initialisation seeded by ``seed``)."""
+    p, d = ctx.profile, ctx.data
+    seed_everything(seed)
+    return models.build_model(p.arch, d.shape, d.num_classes, d.mean, d.std, p.width).to(ctx.device)
+
+
+def run_config(ctx: Context, spec: ModelSpec, seed: int) -> dict[str, Any]:
+    """Everything that determines a trained model (its cache key; the eval subset is monitored in training)."""
+    p = ctx.profile
+    return {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
+            "width": p.width, "spec": asdict(spec), "train": p.train_config(spec), "seed": seed,
+            "eval_subset": p.eval_subset, "fast": fast(ctx)}
+
+
+def fast(ctx: Context) -> bool:
+    """Whether training takes atlib's CUDA fast path (bf16, channels_last, compile): the profile asks for it
+    (``Profile.fast``) and the device is a GPU. Part of every model's cache key: bf16 changes the floats."""
+    return ctx.profile.fast and ctx.device.type == "cuda"
+
+
+def checkpoint_path(ctx: Context, key: str) -> Path:
+    """Where training of the artifact ``key`` keeps its per-epoch checkpoint until the artifact is stored."""
+    return ctx.store.root / "checkpoints" / f"{key}.pt"
+
+
+def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None
+                  ) -> tuple[nn.Module, dict[str, Any], str, bool]:
+    """Train one model, or load it: ``(model in eval mode, {history, train_seconds}, cache key, hit)``.
+
+    Training checkpoints every epoch (:func:`checkpoint_path`): a run killed mid-way resumes from its last
+    finished epoch when asked again (the same call, the same ``compute`` or ``book`` command)."""
+    progress = progress_default() if progress is None else progress
+    cfg = run_config(ctx, spec, seed)
+    key = artifact_key("model", cfg, TRAIN_CODE, ctx.data.fingerprint)
+    model = build(ctx, seed)
+    ckpt = checkpoint_path(ctx, key)
+
+    def compute() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(spec), seed,
+                           monitor=(ctx.eval_x, ctx.eval_y), name=f"train {spec.label} seed {seed}", progress=progress,
+                           checkpoint=ckpt, fast=fast(ctx))
+        return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
+                "train_seconds": time.perf_counter() - t0}
+
+    payload, hit = ctx.store.get_or_compute(key, compute, meta=cfg)
+    if not hit and distributed.rank_world()[0] == 0:
+        ckpt.unlink(missing_ok=True)  # the artifact is stored: a resume point is no longer needed
+    if hit:
+        model.load_state_dict(payload["state_dict"])
+    model.eval()
+    return model, payload, key, hit
+
+
+def model_run(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None) -> ModelRun:
+    """Train and evaluate one model, or load either from the store if this exact run was done before.
+
+    Training and evaluation are cached apart: a change of the evaluation attacks (or of their code)
+    re-attacks the stored model instead of retraining it.
+    """
+    progress = progress_default() if progress is None else progress
+    model, trained, model_key, hit = trained_model(ctx, spec, seed, progress)
+    ecfg = {"schema": SCHEMA, "model": model_key, "eval_subset": ctx.profile.eval_subset,
+            "eval_attacks": ctx.profile.eval_attacks(), "seed": seed}
+    logits, _ = ctx.store.get_or_compute(
+        artifact_key("evaluation", ecfg, EVAL_CODE, ctx.data.fingerprint),
+        lambda: evaluate.evaluate(model, ctx.eval_x, ctx.eval_y, ctx.profile.eval_attacks(), seed,
+                                  desc=f"attack {spec.label} seed {seed}" if progress else None), meta=ecfg)
+    return ModelRun(spec, seed, model, trained["history"], logits, ctx.eval_y.cpu(), trained["train_seconds"], hit)
+
+
+def training_runs(ctx: Context, specs: tuple[ModelSpec, ...] | None = None,
+                  progress: bool | None = None) -> list[ModelRun]:
+    """Every (spec, seed) of the profile (or of ``specs``), trained or loaded."""
+    progress = progress_default() if progress is None else progress
+    jobs = [(s, seed) for s in (specs or ctx.profile.model_specs()) for seed in ctx.profile.seeds]
+    steps = {s: (a.steps + 1 if (a := ctx.profile.train_config(s).attack) else 1) for s, _ in jobs}
+    longest_first = sorted(jobs, key=lambda j: -steps[j[0]])  # fewer idle workers at the end
+    fill(ctx, [(model_run, job) for job in longest_first], "models", progress)
+    bar = tqdm(jobs, desc=f"{ctx.profile.name}: models", disable=not progress)
+    out = []
+    for spec, seed in bar:
+        bar.set_postfix_str(f"{spec.label}, seed {seed}")
+        out.append(model_run(ctx, spec, seed, progress=progress))
+    return out
+
+
+def model_record(ctx: Context, run: ModelRun) -> dict[str, Any]:
+    """The ``summary.json`` entry of one model: its own threat model decides ``robust_acc``."""
+    own = "l2" if run.spec.norm == "l2" else "linf"
+    atk = ctx.profile.eval_attacks()[f"{own}_ce"]
+    clean = run.logit_stats("clean")
+    return {
+        "name": run.name, "kind": run.spec.kind, "norm": run.spec.norm, "eps": run.spec.eps, "seed": run.seed,
+        "clean_acc": run.acc("clean"),
+        "robust_acc": {"pgd_ce": run.acc(f"{own}_ce"), "pgd_margin": run.acc(f"{own}_margin")},
+        "attack": {"type": "pgd", "norm": own, "steps": atk.steps, "step_size": atk.step_size, "eps": atk.eps,
+                   "restarts": atk.restarts, "eval_samples": len(run.labels)},
+        "robust_acc_all": {k: run.acc(k) for k in run.logits if k != "clean"},
+        "mean_max_logit": clean["mean_max_logit"], "mean_logit_gap": clean["mean_logit_gap"],
+        "mean_centred_max_logit": clean["mean_centred_max_logit"],
+        "attacked_linf_ce": run.logit_stats("linf_ce"),
+        "train_seconds": run.train_seconds,
+    }
+
+
+def write_section(results_dir: str | os.PathLike | None, section: str, payload: Any) -> Path | None:
+    """Write one chapter's part of ``summary.json`` (merged by the book runner)."""
+    if results_dir is None:
+        return None
+    out = Path(results_dir) / f"{section}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, default=float))
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,247 @@
+"""Deep nets in the light of the linear theory (chapter 01): first-order flip radius vs bisection, and
+the shrinkage controls (label smoothing, logit squeezing, loss temperature).
+
+Chapter 02's standard and AT models are obtained through ``experiments.model_run`` (never retrained
+here). The controls are standard models of the same architecture, data subset, schedule and seeds,
+trained with one extra regulariser each and cached through the artifact store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats as sps
+from torch import nn
+
+from atlib.core import attacks
+from atlib.training import evaluate
+from atlib.studies.shrinkage import runs as experiments
+from atlib.core import stats
+from atlib.studies.theory import linear as theory
+from atlib.training import train
+from atlib.studies.profiles import ModelSpec
+from atlib.core.store import artifact_key, code_version
+
+Tensor = torch.Tensor
+KINDS = ("label_smoothing", "logit_squeeze", "loss_temperature")
+KIND_LABELS = {"label_smoothing": "label smoothing α", "logit_squeeze": "logit squeezing λ",
+               "loss_temperature": "loss temperature T"}
+
+
+@dataclass(frozen=True)
+class DeepSettings:
+    """Flip-radius sizes and the control grids of one profile."""
+
+    n_flip: int  # correctly classified evaluation samples per model for the flip radius
+    flip_steps: int  # PGD steps (margin loss, L∞, step 2.5·ε/steps, random start) per bisection probe
+    bisect_iters: int
+    eps_max: float  # upper end of the bisection; samples not flipped there are censored at it
+    n_calib: int  # training images on which the controls' clean logit gap is matched to the AT model's
+    grids: tuple[tuple[str, tuple[float, ...]], ...] = (
+        ("label_smoothing", (0.1, 0.25, 0.5)), ("logit_squeeze", (0.005, 0.02, 0.08)),
+        ("loss_temperature", (0.3, 0.5, 0.7)))
+
+    def grid(self, kind: str) -> tuple[float, ...]:
+        return dict(self.grids)[kind]
+
+
+# Grids: two or three strengths per control (two on fashion, for time), spread around the strength that a rough argument predicts for the
+# AT model's gap (temperature T ≈ gap_AT / gap_std; label smoothing's optimal gap log((1-α+α/K)/(α/K))).
+SMOKE_GRIDS = (("label_smoothing", (0.002, 0.01, 0.03)), ("logit_squeeze", (0.0001, 0.0005, 0.002)),
+               ("loss_temperature", (0.6, 0.8, 0.95)))
+SETTINGS: dict[str, DeepSettings] = {
+    "smoke": DeepSettings(n_flip=100, flip_steps=10, bisect_iters=7, eps_max=0.5, n_calib=500, grids=SMOKE_GRIDS),
+    "fashion": DeepSettings(n_flip=200, flip_steps=10, bisect_iters=8, eps_max=0.5, n_calib=1000, grids=(
+        ("label_smoothing", (0.1, 0.25)), ("logit_squeeze", (0.02, 0.08)), ("loss_temperature", (0.3, 0.5)))),
+    "mnist": DeepSettings(n_flip=200, flip_steps=20, bisect_iters=8, eps_max=0.5, n_calib=1000),
+    "cifar10": DeepSettings(n_flip=500, flip_steps=20, bisect_iters=10, eps_max=32 / 255, n_calib=2000),
+}
+
+
+def settings(profile: str) -> DeepSettings:
+    """The deep-net settings of ``profile``; an unknown name raises UnknownSettingError."""
+    try:
+        return SETTINGS[profile]
+    except KeyError:
+        raise theory.UnknownSettingError(f"no theory-chapter deep-net settings for profile {profile!r}; "
+                                         f"valid: {', '.join(SETTINGS)}") from None
+
+
+def _code(*deps: Any) -> str:
+    """This module's source hash (plus ``deps``); atlib's core modules enter keys via ``experiments.CODE``."""
+    import sys
+
+    return code_version([sys.modules[__name__], *deps])
+
+
+# ---------------------------------------------------------------------------------------------------
+# First-order flip radius vs bisection
+# ---------------------------------------------------------------------------------------------------
+
+def first_order_radius(model: nn.Module, x: Tensor, y: Tensor, norm: str = "linf") -> tuple[Tensor, Tensor]:
+    """(margin, predicted flip radius margin / ‖∇ₓ margin‖_q), the gradient taken at x (eval mode)."""
+    model.eval()
+    xr = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        m = stats.margin(model(xr), y)
+        (g,) = torch.autograd.grad(m.sum(), xr)
+    return m.detach(), m.detach() / theory.dual_norm(g.flatten(1), norm).clamp_min(1e-12)
+
+
+def pgd_linf_per_sample(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, steps: int,
+                        generator: torch.Generator | None = None, random_start: bool = True,
+                        loss: str = "margin") -> tuple[Tensor, Tensor]:
+    """atlib's L∞ PGD (sign steps of 2.5·ε/steps, projection, [0, 1] clamp) with one ε per sample.
+
+    Returns (last iterate, flipped) where ``flipped`` marks samples misclassified at any iterate."""
+    model.eval()
+    e = eps.view(-1, *([1] * (x.ndim - 1))).to(device=x.device, dtype=x.dtype)
+    step = 2.5 * e / max(steps, 1)
+    delta = ((2 * torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) - 1) * e if random_start
+             else torch.zeros_like(x))
+    delta = (x + delta).clamp(0, 1) - x
+    flipped = torch.zeros(len(y), dtype=torch.bool)
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        with torch.enable_grad():
+            z = model(x + delta)
+            (g,) = torch.autograd.grad(attacks.attack_loss(z, y, loss).sum(), delta)
+        flipped |= (z.detach().argmax(1) != y).cpu()
+        with torch.no_grad():
+            delta = torch.max(torch.min(delta + step * g.sign(), e), -e)
+            delta = (x + delta).clamp(0, 1) - x
+    with torch.no_grad():
+        flipped |= (model(x + delta).argmax(1) != y).cpu()
+    return (x + delta).detach(), flipped
+
+
+def bisection_radius(model: nn.Module, x: Tensor, y: Tensor, st: DeepSettings, seed: int) -> tuple[Tensor, Tensor]:
+    """(smallest ε found at which PGD flips each sample, censored) by bisection on [0, ε_max]."""
+    gen = torch.Generator().manual_seed(seed)
+    lo = torch.zeros(len(y), dtype=x.dtype)
+    hi = torch.full((len(y),), st.eps_max, dtype=x.dtype)
+    _, f = pgd_linf_per_sample(model, x, y, hi, st.flip_steps, gen)
+    censored = ~f
+    for _ in range(st.bisect_iters):
+        mid = (lo + hi) / 2
+        _, f = pgd_linf_per_sample(model, x, y, mid, st.flip_steps, gen)
+        hi, lo = torch.where(f, mid, hi), torch.where(f, lo, mid)
+    return hi, censored
+
+
+def flip_radius(ctx: experiments.Context, spec: ModelSpec, seed: int, st: DeepSettings | None = None) -> dict[str, Any]:
+    """Predicted vs bisection flip radius (L∞) on the first ``n_flip`` correctly classified evaluation
+    samples of chapter 02's model ``spec``/``seed``, cached."""
+    st = st or settings(ctx.profile.name)
+    cfg = {"model": experiments.run_config(ctx, spec, seed), "model_code": experiments.CODE, "settings": st}
+    key = artifact_key("theory-flip", cfg, _code(theory), ctx.data.fingerprint)
+
+    def compute() -> dict[str, Any]:
+        run = experiments.model_run(ctx, spec, seed)
+        correct = (run.logits["clean"].argmax(1) == run.labels).nonzero().squeeze(1)[:st.n_flip]
+        x, y = ctx.eval_x[correct.to(ctx.device)], ctx.eval_y[correct.to(ctx.device)]
+        t0 = time.perf_counter()
+        margin, pred = first_order_radius(run.model, x, y)
+        true, censored = bisection_radius(run.model, x, y, st, seed)
+        return {"index": correct, "margin": margin.cpu(), "predicted": pred.cpu(), "bisection": true.cpu(),
+                "censored": censored.cpu(), "seconds": time.perf_counter() - t0}
+
+    payload, _ = ctx.store.get_or_compute(key, compute, meta=cfg)
+    return payload
+
+
+def flip_summary(res: dict[str, Any]) -> dict[str, float]:
+    """Spearman ρ (censored samples at ε_max), median ratio bisection / predicted, censored fraction."""
+    p, t = res["predicted"].double().numpy(), res["bisection"].double().numpy()
+    rho = float(sps.spearmanr(p, t).statistic) if len(p) > 2 else float("nan")
+    return {"spearman": rho, "median_ratio": float(np.median(t / np.maximum(p, 1e-12))),
+            "median_predicted": float(np.median(p)), "median_bisection": float(np.median(t)),
+            "censored_frac": float(res["censored"].float().mean()), "n": int(len(p))}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Controls: label smoothing, logit squeezing, loss temperature
+# ---------------------------------------------------------------------------------------------------
+
+def control_config(ctx: experiments.Context, kind: str, strength: float) -> train.TrainConfig:
+    """The profile's standard training config with one regulariser switched on."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown control {kind!r}; valid: {', '.join(KINDS)}")
+    return dataclasses.replace(ctx.profile.train_config(ModelSpec("standard")), **{kind: float(strength)})
+
+
+def control_model(ctx: experiments.Context, kind: str, strength: float, seed: int,
+                  n_calib: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train (or load) one control model; the payload holds clean logits on the calibration images
+    (the first ``n_calib`` training images) and on the evaluation subset."""
+    n_calib = n_calib or settings(ctx.profile.name).n_calib
+    tcfg = control_config(ctx, kind, strength)
+    cfg = {"run": experiments.run_config(ctx, ModelSpec("standard"), seed) | {"train": tcfg},
+           "n_calib": n_calib, "model_code": experiments.CODE}
+    key = artifact_key("theory-control", cfg, _code(), ctx.data.fingerprint)
+    model = experiments.build(ctx, seed)
+
+    def compute() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        train.train(model, ctx.data.train_x, ctx.data.train_y, tcfg, seed, name=f"{kind}={strength} seed {seed}",
+                    progress=False)
+        return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "calib_logits": train.predict(model, ctx.data.train_x[:n_calib]),
+                "clean_logits": train.predict(model, ctx.eval_x), "train_seconds": time.perf_counter() - t0}
+
+    payload, hit = ctx.store.get_or_compute(key, compute, meta=cfg)
+    if hit:
+        model.load_state_dict(payload["state_dict"])
+    return model.eval(), payload
+
+
+def linf_attacks(ctx: experiments.Context) -> dict[str, Any]:
+    """Chapter 02's L∞ evaluation attacks (PGD CE and margin at the profile's ε)."""
+    return {k: v for k, v in ctx.profile.eval_attacks().items() if k.startswith("linf")}
+
+
+def control_eval(ctx: experiments.Context, kind: str, strength: float, seed: int) -> dict[str, Tensor]:
+    """Clean and attacked logits of a control model on the evaluation subset, cached."""
+    model, payload = control_model(ctx, kind, strength, seed)
+    cfg = {"run": experiments.run_config(ctx, ModelSpec("standard"), seed) | {"train": control_config(ctx, kind, strength)},
+           "attacks": linf_attacks(ctx), "model_code": experiments.CODE}
+    key = artifact_key("theory-control-eval", cfg, _code(), ctx.data.fingerprint)
+    out, _ = ctx.store.get_or_compute(key, lambda: evaluate.evaluate(model, ctx.eval_x, ctx.eval_y, linf_attacks(ctx),
+                                                                      seed), meta=cfg)
+    return out
+
+
+def calibrate(ctx: experiments.Context, target_gap: float, seed: int, rel_tol: float = 0.15) -> dict[str, dict[str, Any]]:
+    """Per control: the grid strength whose mean clean logit gap on the calibration images (seed
+    ``seed``) is closest to ``target_gap``; ``matched`` says whether it is within ``rel_tol`` of it.
+    Robustness plays no part in the choice."""
+    st = settings(ctx.profile.name)
+    experiments.fill(ctx, [(control_model, (kind, s, seed)) for kind in KINDS for s in st.grid(kind)], "controls")
+    out = {}
+    for kind in KINDS:
+        gaps = {s: float(stats.logit_gap(control_model(ctx, kind, s, seed)[1]["calib_logits"]).mean())
+                for s in st.grid(kind)}
+        chosen = min(gaps, key=lambda s: abs(gaps[s] - target_gap))
+        out[kind] = {"grid": list(gaps), "calib_gap": list(gaps.values()), "chosen": chosen,
+                     "chosen_gap": gaps[chosen], "matched": bool(abs(gaps[chosen] - target_gap) <= rel_tol * target_gap)}
+    return out
+
+
+def control_evals(ctx: experiments.Context, cal: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Tensor]]]:
+    """Per control: :func:`control_eval` of its calibrated strength at every seed of the profile."""
+    jobs = {kind: [(kind, c["chosen"], s) for s in ctx.profile.seeds] for kind, c in cal.items()}
+    experiments.fill(ctx, [(control_eval, j) for js in jobs.values() for j in js], "controls")
+    return {kind: [control_eval(ctx, *j) for j in js] for kind, js in jobs.items()}
+
+
+def robust_acc(logits: dict[str, Tensor], y: Tensor) -> dict[str, float]:
+    """Accuracy under each L∞ attack and under the stronger of the two per sample ("worst")."""
+    y = y.cpu()
+    ok = {k: v.argmax(1) == y for k, v in logits.items()}
+    return {"clean": float(ok["clean"].float().mean()), "pgd_ce": float(ok["linf_ce"].float().mean()),
+            "pgd_margin": float(ok["linf_margin"].float().mean()),
+            "worst": float((ok["linf_ce"] & ok["linf_margin"]).float().mean())}

@@ -1,0 +1,195 @@
+"""Standard and PGD adversarial training (Madry et al. 2018) with SGD and a one-cycle schedule.
+
+The training set lives on the compute device as one tensor; each epoch is a seeded permutation
+sliced into batches (no DataLoader, no host→device copies). Under AT each batch is replaced by its
+PGD adversarial examples (the attack runs in eval mode, the update in train mode). Each epoch logs
+the loss, accuracy and the logit statistics of a fixed monitor set, which is how the book shows the
+max logit and gap evolving over training.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from atlib.training import checkpoint as ckpt
+from atlib.training import distributed as ddp
+from atlib.core import stats
+from atlib.core.attacks import AttackConfig, make_attack
+from atlib.core.data import augment
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule and (optionally) the training attack."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = False
+    attack: AttackConfig | None = None
+    label_smoothing: float = 0.0
+    logit_squeeze: float = 0.0  # λ of a λ·mean‖z‖² penalty on the logits (Shafahi et al.'s logit squeezing)
+    loss_temperature: float = 1.0  # CE on z / T: T < 1 trains the raw logits to be smaller
+    warmup_frac: float = 0.2  # one-cycle: linear 0 → lr over this fraction of steps, then linear → 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0):
+            raise ValueError(f"bad training config: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+        if self.logit_squeeze < 0 or not (self.loss_temperature > 0) or not (0 <= self.label_smoothing < 1):
+            raise ValueError(f"bad regulariser: logit_squeeze={self.logit_squeeze}, loss_temperature="
+                             f"{self.loss_temperature}, label_smoothing={self.label_smoothing}")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; nothing from this run is cached."""
+
+
+def one_cycle(step: int, total: int, warmup_frac: float) -> float:
+    """Learning-rate multiplier: linear warm-up then linear decay to zero."""
+    w = max(1, int(total * warmup_frac))
+    return step / w if step < w else max(0.0, (total - step) / max(1, total - w))
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """Logits of ``model`` on ``x`` in eval mode, float32 on the CPU."""
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+    model.train(was)
+    return out
+
+
+def correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> Tensor:
+    """Per-sample bool (CPU): does ``model`` classify ``x`` correctly?"""
+    return predict(model, x, batch_size).argmax(1) == y.cpu()
+
+
+def _bf16() -> torch.autocast:
+    """bf16 autocast on CUDA: tensor-core matmuls and convolutions; losses and reductions stay float32."""
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
+          monitor: tuple[Tensor, Tensor] | None = None, name: str = "model", progress: bool = True,
+          on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
+          checkpoint: str | Path | None = None, fast: bool = False,
+          compile_model: bool | None = None) -> list[dict]:
+    """Train ``model`` in place on (x, y) and return the per-epoch history.
+
+    ``on_epoch_end(epoch, model, record)`` is called after each epoch (e.g. to keep snapshots).
+    ``checkpoint``: a file written atomically after every epoch (after ``on_epoch_end``); if it exists and
+    belongs to this run (same config, seed, data size and model shapes), training resumes after its last
+    epoch and ends bitwise-identical to an uninterrupted run on the CPU. A NaN or infinite loss raises
+    :class:`TrainingDiverged` naming the model, epoch and first bad batch, before anything is saved.
+
+    In an initialised ``torch.distributed`` process group (``torchrun``; see :mod:`atlib.training.distributed`) each
+    rank trains on its shard of every global batch of ``cfg.batch_size`` under DDP; only rank 0 writes
+    the checkpoint. Without one, nothing changes.
+
+    ``fast`` turns on CUDA-only speed-ups (bf16 autocast, channels_last, fused SGD, and ``torch.compile``
+    unless ``compile_model`` is False or ``$ATLIB_COMPILE=0``); on the CPU it changes nothing (float32, eager).
+    """
+    dev = x.device
+    fast = fast and dev.type == "cuda"
+    if fast and x.ndim == 4:
+        model.to(memory_format=torch.channels_last)  # channels_last: the NHWC layout tensor-core convolutions use
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=True, **({"fused": True} if fast else {}))  # fused SGD: one kernel per step
+    if compile_model is None:
+        compile_model = os.environ.get("ATLIB_COMPILE", "1") != "0"
+    fwd = torch.compile(model) if fast and compile_model else model  # torch.compile: fused kernels, fewer launches
+    n, bs = len(y), cfg.batch_size
+    steps_per_epoch = math.ceil(n / bs)
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: one_cycle(s, total, cfg.warmup_frac))
+    shuffle_gen = torch.Generator().manual_seed(seed)
+    attack_gen = torch.Generator(device=dev).manual_seed(seed + 10_000)
+    attack = make_attack(fwd, cfg.attack) if cfg.attack is not None and cfg.attack.eps > 0 else None
+    rank, world = ddp.rank_world()
+    if world > 1 and min(bs, n - (steps_per_epoch - 1) * bs) < world:
+        raise ValueError(f"{name}: every global batch needs at least one sample per rank ({world} ranks)")
+    net = ddp.wrap(model, dev) if world > 1 else fwd  # DDP averages the update's gradients over ranks
+    history: list[dict] = []
+    start = 0
+    fp = ckpt.fingerprint(cfg, seed, n, model) if checkpoint is not None else ""
+    if checkpoint is not None and (state := ckpt.load(checkpoint, fp)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ckpt.set_rng_states(state["rng"], shuffle_gen, attack_gen)
+        start, history = state["epoch"], state["history"]
+    bar = tqdm(range(start, cfg.epochs), desc=name, disable=not progress, leave=False,
+               initial=start, total=cfg.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        net.train()
+        perm = torch.randperm(n, generator=shuffle_gen).to(dev)
+        loss_sum = torch.zeros((), device=dev)  # accumulated on device: no per-batch host sync
+        correct = torch.zeros((), device=dev)
+        first_bad = torch.full((), -1, device=dev)  # first batch with a non-finite loss, recorded without a sync
+        for b in range(steps_per_epoch):
+            idx = perm[b * bs:(b + 1) * bs]
+            xb, yb = x[idx], y[idx]
+            if cfg.augment:
+                xb = augment(xb, shuffle_gen)
+            part = ddp.shard(len(idx), rank, world) if world > 1 else None
+            if part is not None:  # this rank's rows; every rank drew the global batch's augmentation above
+                xb, yb = xb[part.start:part.stop], yb[part.start:part.stop]
+            with _bf16() if fast else contextlib.nullcontext():
+                if attack is not None:
+                    xb = attack(xb, yb, attack_gen, part)  # the attack runs per rank, on its shard only
+                logits = net(xb)
+                loss = F.cross_entropy(logits / cfg.loss_temperature, yb, label_smoothing=cfg.label_smoothing)
+                if cfg.logit_squeeze:
+                    loss = loss + cfg.logit_squeeze * logits.pow(2).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            # DDP averages per-rank means: weighting by shard size makes that the global batch's mean
+            (loss * (len(yb) * world / part.total) if part is not None else loss).backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.detach() * len(yb)
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
+            correct += (logits.argmax(1) == yb).sum()
+        if world > 1:
+            ddp.all_reduce(loss_sum)
+            ddp.all_reduce(correct)
+            never = torch.full_like(first_bad, steps_per_epoch)
+            first_bad = ddp.all_reduce(torch.where(first_bad < 0, never, first_bad), "min")
+            first_bad = torch.where(first_bad == steps_per_epoch, -1, first_bad)
+        train_loss = float(loss_sum) / n
+        if not math.isfinite(train_loss):
+            bad = int(first_bad)
+            where = f", first at batch {bad + 1} of {steps_per_epoch}" if bad >= 0 else ""
+            raise TrainingDiverged(f"{name}: training loss is {train_loss} at epoch {epoch + 1}{where}; "
+                                   f"lower the learning rate (lr={cfg.lr}) or check the data")
+        rec = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": float(correct) / n,
+               "lr_peak": cfg.lr, "seconds": time.perf_counter() - t0}
+        if monitor is not None:
+            z = predict(model, monitor[0])
+            rec.update({f"monitor_{k}": v for k, v in stats.logit_summary(z, monitor[1].cpu()).items()})
+        history.append(rec)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, model, rec)
+        if checkpoint is not None and rank == 0:
+            ckpt.save(checkpoint, {"fingerprint": fp, "epoch": epoch + 1, "history": history,
+                                   "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict(), "rng": ckpt.rng_states(shuffle_gen, attack_gen)})
+        bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{rec['train_acc']:.3f}")
+    model.eval()
+    return history
