@@ -14,6 +14,9 @@
 # %% [markdown]
 # # The theory of logit shrinkage, derived and checked
 #
+# *Reading this in JupyterLab? There the prose shows each number as a glue placeholder; the code cells print
+# the values they glue (`glued: name = value`), and the rendered book shows them in place.*
+#
 # The paper claims that adversarial training (AT) lowers the max logit and the logit gap, and that
 # there is a theoretical reason for it. Its derivation is not available to us, so this chapter
 # reconstructs one from first principles for **linear softmax models**, says exactly where it is a
@@ -91,24 +94,25 @@ from IPython.display import Markdown, display
 
 from atlib.studies.theory import controls as C
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies import context as cx
 from atlib.core import plots
 from atlib.studies.shrinkage import views as report
+from atlib.studies import prose
 from atlib.core import stats
-from atlib.studies.theory import linear as theory
+from atlib.studies.theory import runs as theory
 from atlib.studies.theory import views as V
 
-ctx = ex.context(profile, cache_dir, data_root, device)
+ctx = cx.context(profile, cache_dir, data_root, device)
 P = ctx.profile
-G, L = theory.settings(P.name)
-D = C.settings(P.name)
+G, L, D = P.theory.gaussian, P.theory.linear, P.theory.deep
 GAUSS_TOL = 0.1  # section 2's rule: trained and predicted scale agree within this relative error
 CALIB_TOL = 0.15  # section 7: a control is matched to AT if its calibration gap is within this of AT's
-report.glue_setting(ctx)  # the numbers the prose below quotes
+prose.glue_setting(ctx)  # the numbers the prose below quotes
 for name, value in {"gauss_tol": f"{GAUSS_TOL:.0%}", "calib_tol": f"{CALIB_TOL:.0%}",
                     "check_tol": f"{V.CHECK_TOL:.0e}".replace("e-0", "e-"), "bound_steps": V.BOUND_STEPS,
                     "ctrl_enough": V.CONTROL_REPRODUCES, "ctrl_none": V.CONTROL_NONE}.items():
-    report.glue(name, value)
-report.setting_table(ctx)
+    prose.glue(name, value)
+prose.setting_table(ctx)
 
 # %% [markdown]
 # ## 2. A prediction that is not circular: two Gaussian classes under $L_2$
@@ -140,7 +144,7 @@ gauss = theory.gaussian_experiment(G, P.seeds)
 gv = V.gaussian_verdict(gauss, rel_tol=GAUSS_TOL)
 display(Markdown(f"Setting: $d={G.dim}$, $\\|\\mu\\|={G.mu_norm}$, $\\sigma={G.sigma}$, {G.n_train} training and "
                  f"{G.n_test} test points per seed, {G.steps} full-batch gradient-descent steps (momentum 0.9, "
-                 f"lr {G.lr}), seeds {', '.join(map(str, P.seeds))}; intervals are {report.ci_label()} t-intervals over seeds."))
+                 f"lr {G.lr}), seeds {', '.join(map(str, P.seeds))}; intervals are {prose.ci_label()} t-intervals over seeds."))
 fig = V.gaussian_figure(gauss)
 _ = plots.save(fig, results_dir, "theory_gaussian")
 V.gaussian_frame(gauss)
@@ -171,7 +175,7 @@ display(Markdown(
 # %%
 lin = theory.cached_linear_experiment(ctx, L)
 checks = V.linear_checks(lin, ctx.eval_x, ctx.eval_y, n=200)
-report.glue("check_n", checks["n"])
+prose.glue("check_n", checks["n"])
 pd.DataFrame({"value": {
     "ε (L∞, with box)": f"{checks['eps']:.3g}",
     "max |closed form − PGD| of pairwise margins": f"{checks['closed_form_vs_pgd_max_abs_err']:.2e}",
@@ -255,7 +259,7 @@ flip_sums = {label: [C.flip_summary(f) for f in fs] for label, fs in flips.items
 flip_v = {label: V.flip_verdict(ss) for label, ss in flip_sums.items()}
 _v = next(iter(flip_v.values()))
 for name, value in {"flip_rho_min": _v["rho_min"], "flip_lo": _v["ratio_band"][0], "flip_hi": _v["ratio_band"][1]}.items():
-    report.glue(name, value)
+    prose.glue(name, value)
 display(Markdown(f"{D.n_flip} correctly classified images per model; PGD-{D.flip_steps} margin probes, "
                  f"{D.bisect_iters} bisection steps on [0, {D.eps_max}] (resolution "
                  f"{D.eps_max / 2 ** D.bisect_iters:.2g}); seeds {', '.join(map(str, P.seeds))}."))
@@ -265,7 +269,7 @@ V.flip_frame(flip_sums)
 
 # %%
 display(Markdown("\n".join(
-    f"- {label}: Spearman ρ {report.fmt(stats.mean_ci([s['spearman'] for s in flip_sums[label]]))} → "
+    f"- {label}: Spearman ρ {prose.fmt(stats.mean_ci([s['spearman'] for s in flip_sums[label]]))} → "
     f"{'ranks samples **well**' if v['ranks_well'] else 'does **not** rank samples well'}; median ratio "
     f"{v['median_ratio']['mean']:.3g} → {'**calibrated**' if v['calibrated'] else '**not calibrated**'}"
     + (" — PGD needs a *larger* ε than predicted: the margin falls slower than linearly (or the box and the "
@@ -320,7 +324,7 @@ for k, per_seed in C.control_evals(ctx, cal).items():
     ctrl_rows[f"{C.KIND_LABELS[k]} = {cal[k]['chosen']:g}"] = [_row(logits, ctx.eval_y) for logits in per_seed]
 atk = C.linf_attacks(ctx)
 display(Markdown(f"Clean logit statistics on the {len(ctx.eval_y)} evaluation images and accuracy under "
-                 f"{atk['linf_ce'].label} and {atk['linf_margin'].label} (random start); mean ± {report.ci_label()} t-interval "
+                 f"{atk['linf_ce'].label} and {atk['linf_margin'].label} (random start); mean ± {prose.ci_label()} t-interval "
                  f"over seeds {', '.join(map(str, P.seeds))}."))
 V.controls_frame(ctrl_rows)
 
@@ -328,7 +332,7 @@ V.controls_frame(ctrl_rows)
 closed = {name: V.gap_closed(rows, ctrl_rows["standard"], ctrl_rows[P.main_at.label])
           for name, rows in ctrl_rows.items() if name not in ("standard", P.main_at.label)}
 ctrl_verdicts = {name: V.control_verdict(iv) for name, iv in closed.items()}
-lines = [f"- {name}: fraction of the robustness gap closed {report.fmt(iv)} → **{ctrl_verdicts[name]}**"
+lines = [f"- {name}: fraction of the robustness gap closed {prose.fmt(iv)} → **{ctrl_verdicts[name]}**"
          for name, iv in closed.items()]
 if any(v == "reproduces" for v in ctrl_verdicts.values()):
     lines.append("\nAt least one control reproduces AT's robustness under these attacks: on this setting shrinkage "
@@ -361,23 +365,9 @@ held_lines = [
 ]
 display(Markdown("\n".join(held_lines)))
 
-_ = ex.write_section(results_dir, "theory", {"theory": {
-    "gaussian": {"settings": {k: getattr(G, k) for k in G.__dataclass_fields__},
-                 "per_eps": [{"eps": r["eps"], "predicted_scale": r["predicted"]["scale"],
-                              "trained_scale": r["trained"]["scale"].as_dict(),
-                              "predicted_mean_margin": r["predicted"]["mean_margin"],
-                              "mean_margin": r["trained"]["mean_margin"].as_dict(),
-                              "predicted_mean_max_logit": r["predicted"]["mean_max_logit"],
-                              "mean_max_logit": r["trained"]["mean_max_logit"].as_dict(),
-                              "mean_centred_max_logit": r["trained"]["mean_centred_max_logit"].as_dict(),
-                              "mean_logit_gap": r["trained"]["mean_logit_gap"].as_dict(),
-                              "weight_norm": r["trained"]["weight_norm"].as_dict()} for r in V.gaussian_rows(gauss)],
-                 "verdict": gv},
-    "linear": {"dataset": ctx.data.name, "n_train": L.n_train, "norm": "linf", "seeds": list(P.seeds), **lin_sum,
-               "verdicts": lv},
-    "checks": checks,
-    "flip_radius": {label: {"per_seed": ss, **flip_v[label]} for label, ss in flip_sums.items()},
-    "controls": {"target_gap": target, "calibration": cal, "attacks": {k: a.label for k, a in atk.items()},
-                 "rows": {name: {"per_seed": rows} for name, rows in ctrl_rows.items()},
-                 "gap_closed": {n: iv.as_dict() for n, iv in closed.items()}, "verdicts": ctrl_verdicts},
-}})
+_ = cx.write_section(results_dir, "theory", V.summary_section(
+    ctx, gauss, gv, {**lin_sum, "verdicts": lv}, checks,
+    {label: {"per_seed": ss, **flip_v[label]} for label, ss in flip_sums.items()},
+    {"target_gap": target, "calibration": cal, "attacks": {k: a.label for k, a in atk.items()},
+     "rows": {name: {"per_seed": rows} for name, rows in ctrl_rows.items()},
+     "gap_closed": {n: iv.as_dict() for n, iv in closed.items()}, "verdicts": ctrl_verdicts}))

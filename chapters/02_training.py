@@ -14,6 +14,9 @@
 # %% [markdown]
 # # Standard and adversarially-trained models: their logit distributions
 #
+# *Reading this in JupyterLab? There the prose shows each number as a glue placeholder; the code cells print
+# the values they glue (`glued: name = value`), and the rendered book shows them in place.*
+#
 # The paper's first claim is that adversarial training (AT) *lowers, on average, the max logit and the
 # logit gap* (top-1 minus top-2 logit). This chapter trains standard and PGD-AT models on the chosen
 # profile's dataset, several seeds each, and measures their logits.
@@ -46,13 +49,17 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 from IPython.display import Markdown, display
 
 from atlib.studies.shrinkage import runs as ex
+
+from atlib.studies import context as cx
 from atlib.core import plots
 from atlib.studies.shrinkage import views as report
+from atlib.studies.shrinkage import rules
+from atlib.studies import prose
 
-ctx = ex.context(profile, cache_dir, data_root, device)
+ctx = cx.context(profile, cache_dir, data_root, device)
 P = ctx.profile
-report.glue_setting(ctx)  # the numbers the prose below quotes
-report.setting_table(ctx)
+prose.glue_setting(ctx)  # the numbers the prose below quotes
+prose.setting_table(ctx)
 
 # %% [markdown]
 # ## Training
@@ -96,8 +103,8 @@ report.logit_table(runs, "clean")
 # above zero, it **grows**; otherwise the data show no clear change.
 
 # %%
-shrink = report.paired_shrinkage(runs, P.model_specs()[0], P.main_at)
-display(Markdown(report.shrinkage_text(shrink, "standard", P.main_at.label)))
+shrink = rules.paired_shrinkage(runs, P.model_specs()[0], P.main_at)
+display(Markdown(rules.shrinkage_text(shrink, "standard", P.main_at.label)))
 
 # %% [markdown]
 # ## The distributions
@@ -144,7 +151,7 @@ fig = plots.eps_sweep(eps, series, "training ε (L∞)")
 plots.save(fig, results_dir, "eps_sweep");
 import pandas as pd
 
-pd.DataFrame({k: [report.fmt(iv) for iv in v] for k, v in series.items()}, index=[f"ε={e:.4g}" for e in eps])
+pd.DataFrame({k: [prose.fmt(iv) for iv in v] for k, v in series.items()}, index=[f"ε={e:.4g}" for e in eps])
 
 # %% [markdown]
 # ## Logit statistics on attacked inputs
@@ -165,9 +172,9 @@ report.logit_table(runs, "linf_ce")
 # %%
 sweep_records = [{"eps": e} | {k: iv.as_dict() for k, iv in zip(series, ivs)}
                  for e, ivs in zip(eps, zip(*series.values()))]
-_ = ex.write_section(results_dir, "training", {
+_ = cx.write_section(results_dir, "training", {
     "models": [ex.model_record(ctx, r) for r in runs],
     "shrinkage": {"base": "standard", "treated": P.main_at.name, "clean": shrink,
-                  "attacked_linf_ce": report.paired_shrinkage(runs, P.model_specs()[0], P.main_at, "linf_ce")},
+                  "attacked_linf_ce": rules.paired_shrinkage(runs, P.model_specs()[0], P.main_at, "linf_ce")},
     "eps_sweep": sweep_records,
 })

@@ -14,6 +14,9 @@
 # %% [markdown]
 # # Which samples are confident? Standard versus AT models, against a seed-to-seed null
 #
+# *Reading this in JupyterLab? There the prose shows each number as a glue placeholder; the code cells print
+# the values they glue (`glued: name = value`), and the rendered book shows them in place.*
+#
 # The paper's second claim is that adversarially-trained (AT) and standard models *differ significantly
 # in which samples are high- or low-confidence*, and that the samples with the largest difference look
 # qualitatively different. Two models trained with different seeds never agree perfectly either, so
@@ -70,21 +73,22 @@ from IPython.display import Markdown, display
 
 from atlib.studies.confidence import runs as cf
 from atlib.studies.confidence import views as cp
-from atlib.studies.shrinkage import runs as ex
+from atlib.studies.confidence import rules
+from atlib.studies import context as cx
 from atlib.core import plots
-from atlib.studies.shrinkage import views as report
+from atlib.studies import prose
 
-ctx = ex.context(profile, cache_dir, data_root, device)
-report.glue_setting(ctx)  # the numbers the prose below quotes
-report.glue("f32_gap", -math.log(torch.finfo(torch.float32).eps / 2))  # float32 softmax gives p = 1 beyond this gap
-report.setting_table(ctx)
+ctx = cx.context(profile, cache_dir, data_root, device)
+prose.glue_setting(ctx)  # the numbers the prose below quotes
+prose.glue("f32_gap", -math.log(torch.finfo(torch.float32).eps / 2))  # float32 softmax gives p = 1 beyond this gap
+prose.setting_table(ctx)
 
 # %%
 an = cf.analyse(ctx, data_root)
 S = an.settings
 n_null = len(an.seeds) * (len(an.seeds) - 1) // 2
-report.glue("null_pairs", f"{n_null} pair" + ("s" if n_null != 1 else ""))
-report.glue("t_null", f"{report.t_factor(n_null):.2f}" if n_null > 1 else "undefined (a single pair gives no interval)")
+prose.glue("null_pairs", f"{n_null} pair" + ("s" if n_null != 1 else ""))
+prose.glue("t_null", f"{prose.t_factor(n_null):.2f}" if n_null > 1 else "undefined (a single pair gives no interval)")
 display(Markdown(
     f"Models: chapter 02's standard model and **{an.at_spec.label}** (PGD-AT), seeds "
     f"{', '.join(map(str, an.seeds))}, last-epoch weights, "
@@ -145,8 +149,8 @@ display(Markdown("**Spearman's ρ of the logit gap** (a second confidence score,
 cp.comparison_table(cf.comparisons(an.logits, cf.spearman, kind="gap"))
 
 # %%
-v = cf.verdict(an)
-eff = {m: cf.effect_sizes(an, m) for m in cf.CORRELATIONS}
+v = rules.verdict(an)
+eff = {m: rules.effect_sizes(an, m) for m in cf.CORRELATIONS}
 display(Markdown(
     f"**Verdict ({ctx.data.name}, {an.at_spec.label} vs standard, seeds {', '.join(map(str, an.seeds))}): "
     f"{v['outcome']}.** (a) std vs AT below both nulls: {v['differs_from_nulls']}; (b) early-stopped std vs AT "
@@ -251,8 +255,8 @@ cp.browser(an)
 display(Markdown(cp.findings_text(an, v, gm, pc)))
 
 # %%
-section = cf.summary_section(an)
-ex.write_section(results_dir, "confidence", {"confidence": section})
+section = cp.summary_section(an)
+cx.write_section(results_dir, "confidence", {"confidence": section})
 display(Markdown(f"Samples shown in the grids (test-set indices): "
                  f"{section['shown_indices']['std_vs_at']['b_over_a_test_index']} (AT ≫ std), "
                  f"{section['shown_indices']['std_vs_at']['a_over_b_test_index']} (std ≫ AT)."))

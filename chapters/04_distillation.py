@@ -14,6 +14,9 @@
 # %% [markdown]
 # # Distilling robustness on clean inputs: which parts of the teacher's outputs matter?
 #
+# *Reading this in JupyterLab? There the prose shows each number as a glue placeholder; the code cells print
+# the values they glue (`glued: name = value`), and the rendered book shows them in place.*
+#
 # The paper's third claim has two parts. First, *some robustness can be learned without ever showing
 # the student a perturbed input*, by distilling an adversarially-trained (AT) teacher on clean inputs;
 # this builds on Adversarially Robust Distillation (ARD, Goldblum et al., AAAI 2020), whose student does
@@ -79,14 +82,15 @@ from IPython.display import Markdown, display
 
 from atlib.studies.distillation import plots as dp
 from atlib.studies.distillation import views as rep
+from atlib.studies.distillation import rules
 from atlib.studies.distillation import runs as dr
-from atlib.studies.shrinkage import runs as ex
+from atlib.studies import context as cx
 from atlib.core import plots
-from atlib.studies.shrinkage import views as report
+from atlib.studies import prose
 
-ctx = ex.context(profile, cache_dir, data_root, device)
+ctx = cx.context(profile, cache_dir, data_root, device)
 rep.glue_prose(ctx)  # the numbers the prose quotes
-report.setting_table(ctx)
+prose.setting_table(ctx)
 
 # %% [markdown]
 # ## The ablations
@@ -256,7 +260,7 @@ plots.save(fig, results_dir, "distill_masking");
 # The rule stated above, applied by code to this run's numbers, then the numbers behind it.
 
 # %%
-verdict = rep.claim3(ctx, rows)
+verdict = rules.claim3(ctx, rows)
 display(Markdown(rep.verdict_text(verdict) + "\n\n" + rep.findings_text(rows, refs)))
 
 # %% [markdown]
@@ -288,6 +292,6 @@ display(Markdown(rep.verdict_text(verdict) + "\n\n" + rep.findings_text(rows, re
 
 # %%
 section = rep.summary_section(ctx, grid, rows, verdict)
-ex.write_section(results_dir, "distillation", {"distillation": section})
+cx.write_section(results_dir, "distillation", {"distillation": section})
 display(Markdown(f"Wrote the `distillation` section of summary.json: {len(section['students'])} students, "
                  f"{len(section['by_config'])} (ablation, T) rows."))

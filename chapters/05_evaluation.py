@@ -14,6 +14,9 @@
 # %% [markdown]
 # # Appendix: how strong are the attacks?
 #
+# *Reading this in JupyterLab? There the prose shows each number as a glue placeholder; the code cells print
+# the values they glue (`glued: name = value`), and the rendered book shows them in place.*
+#
 # Every robust accuracy in this book is an *upper bound*: it counts the samples that one attack failed
 # to break, and a weaker attack leaves more of them. A number is only as good as the attack behind it.
 # This appendix checks atlib's own batched PGD, which every chapter uses, against attacks that atlib did
@@ -64,19 +67,21 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 from IPython.display import Markdown, display
 
 from atlib.studies.audit import runs as audit
+from atlib.studies.audit import rules
 from atlib.studies.distillation import runs as distill_runs
 from atlib.core import plots
-from atlib.studies.shrinkage import views as report
+from atlib.studies import prose
 from atlib.studies.audit import views as ar
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies import context as cx
 
-ctx = ex.context(profile, cache_dir, data_root, device)
-S = audit.get_settings(ctx.profile.name)
-report.glue_setting(ctx)  # the numbers the prose below quotes
-for name, value in {"ta_gap": f"{100 * audit.TORCHATTACKS_GAP:g}", "apgd_gap": f"{100 * audit.APGD_GAP:g}",
+ctx = cx.context(profile, cache_dir, data_root, device)
+S = ctx.profile.audit
+prose.glue_setting(ctx)  # the numbers the prose below quotes
+for name, value in {"ta_gap": f"{100 * rules.TORCHATTACKS_GAP:g}", "apgd_gap": f"{100 * rules.APGD_GAP:g}",
                     "chance_eps": f"{audit.CHANCE_EPS:g}", "few_steps": S.few_steps, "many_steps": S.many_steps}.items():
-    report.glue(name, value)
-report.setting_table(ctx)
+    prose.glue(name, value)
+prose.setting_table(ctx)
 
 # %% [markdown]
 # ## The models and the attacks
@@ -195,7 +200,7 @@ audited_seeds = sorted({r["seed"] for r in student_records})
 display(Markdown(f"{len(student_records)} students (seeds {', '.join(map(str, audited_seeds))} of the "
                  f"{len(ctx.profile.seeds)} that chapter 04 trains), each audited on the first "
                  f"{student_records[0]['n']} samples of the evaluation subset; accuracy in percent"
-                 + (f", mean ± half-width of the {report.ci_label()} t-interval over seeds." if len(audited_seeds) > 1
+                 + (f", mean ± half-width of the {prose.ci_label()} t-interval over seeds." if len(audited_seeds) > 1
                     else " (one seed: no interval; chapter 04 gives every seed's robust accuracy under atlib's PGD).")))
 ar.group_table(student_records)
 
@@ -226,7 +231,7 @@ if student_diagnoses:
 # (full AutoAttack) would be stronger still.
 
 # %%
-_ = ex.write_section(results_dir, "evaluation", {"evaluation": ar.section(records, S) | {
+_ = cx.write_section(results_dir, "evaluation", {"evaluation": ar.section(records, S) | {
     "diagnoses": {name: table.to_dict(orient="index") for name, table in diagnoses.items()},
     "students": ar.section(student_records, S) | {
         "diagnoses": {name: table.to_dict(orient="index") for name, table in student_diagnoses.items()}}}})

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from atlib.studies.audit import runs as audit
+from atlib.studies.audit import rules
 from atlib.studies.audit import views as audit_report
 from atlib.training import evaluate
 from atlib.training import masking
@@ -166,10 +167,10 @@ def test_worst_case_is_per_sample():
 
 def test_attack_flags():
     ok = {"atlib_pgd_ce": 0.50, "atlib_pgd_margin": 0.50, "ta_pgd": 0.49, "apgd_ce": 0.48, "apgd_dlr": 0.49}
-    assert audit.attack_flags(ok) == []  # exactly +1 pp and +2 pp: not "more than"
-    assert audit.attack_flags(ok | {"ta_pgd": 0.485}) == ["pgd_ce_vs_torchattacks"]
-    assert audit.attack_flags(ok | {"apgd_dlr": 0.47}) == ["pgd_ce_vs_apgd", "pgd_margin_vs_apgd"]
-    assert audit.attack_flags(ok | {"atlib_pgd_margin": 0.505}) == ["pgd_margin_vs_apgd"]
+    assert rules.attack_flags(ok) == []  # exactly +1 pp and +2 pp: not "more than"
+    assert rules.attack_flags(ok | {"ta_pgd": 0.485}) == ["pgd_ce_vs_torchattacks"]
+    assert rules.attack_flags(ok | {"apgd_dlr": 0.47}) == ["pgd_ce_vs_apgd", "pgd_margin_vs_apgd"]
+    assert rules.attack_flags(ok | {"atlib_pgd_margin": 0.505}) == ["pgd_margin_vs_apgd"]
 
 
 def test_noise_threshold():
@@ -278,13 +279,10 @@ def test_audit_bad_inputs(std_digits_mlp, digits):
 # ---------------------------------------------------------------- settings
 
 def test_settings_for_every_profile_and_errors():
-    for name in PROFILES:
-        assert audit.get_settings(name).linf_grid[-1] == 0.5
-    f = audit.get_settings("fashion")
+    for p in PROFILES.values():
+        assert p.audit.linf_grid[-1] == 0.5
+    f = PROFILES["fashion"].audit
     assert f.main_subset >= 1000 and f.masking_subset <= f.main_subset
-    with pytest.raises(audit.UnknownAuditProfileError) as e:
-        audit.get_settings("imagenet")
-    assert all(n in str(e.value) for n in PROFILES)
     for bad, frag in ((dict(linf_grid=(0.0, 0.1)), "linf_grid"), (dict(linf_grid=(0.0, 0.3, 0.1, 0.5)), "linf_grid"),
                       (dict(few_steps=50, many_steps=10), "few_steps"), (dict(masking_subset=0), "masking_subset"),
                       (dict(main_subset=0), "main_subset"), (dict(restarts=1), "restarts"),
@@ -333,7 +331,7 @@ def test_evaluation_chapter_in_smoke_book(smoke_book):
     assert math.isfinite(ev["groups"]["standard"]["worst_case"]["mean"])
     # chapter 04's students get the same oracles: every student of the distillation summary is audited
     st = ev["students"]
-    first = audit.get_settings("smoke").student_seeds  # the students of the first seed(s), every recipe
+    first = PROFILES["smoke"].audit.student_seeds  # the students of the first seed(s), every recipe
     seeds = sorted({r["seed"] for r in s["distillation"]["students"]})[:first]
     want = {(r["ablation"], r["T"], r["seed"]) for r in s["distillation"]["students"] if r["seed"] in seeds}
     got = {(m["meta"]["ablation"], m["meta"]["T"], m["seed"]) for m in st["models"] if m["meta"]["ablation"] != "pgd_at"}

@@ -8,6 +8,7 @@ import pytest
 
 from atlib.book import runner as book
 from atlib.studies.shrinkage import runs as experiments
+from atlib.studies import context as cx
 from atlib.book.runner import BookError, REPO
 
 
@@ -72,11 +73,12 @@ def test_figures_written_for_readme(built):
 
 def test_tracked_book_untouched_and_cache_reused(built):
     assert built["tracked_book_after"] == built["tracked_book_before"], "a temp-dir build never writes book/"
-    ctx = experiments.context("smoke", cache_dir=str(built["cache"]), device="cpu")
+    ctx = cx.context("smoke", cache_dir=str(built["cache"]), device="cpu")
     runs = experiments.training_runs(ctx, progress=False)
     assert runs and all(r.cached for r in runs), "a re-run loads every model from the cache"
 
 
+@pytest.mark.slow  # executes a chapter in a Jupyter kernel
 def test_failing_chapter_reports_the_cell_error(tmp_path):
     src = tmp_path / "09_broken.py"
     src.write_text("# %% tags=['parameters']\nprofile = 'smoke'\n\n# %%\nx = 1\n\n# %%\n"
@@ -204,6 +206,7 @@ def test_html_lands_in_the_books_own_folder(monkeypatch, tmp_path):
     assert cmd[cmd.index("--path-output") + 1] == str(tmp_path)
 
 
+@pytest.mark.slow  # executes chapters in a Jupyter kernel
 def test_shared_kernel_gives_each_chapter_a_fresh_namespace(tmp_path):
     """The runner executes every chapter in one kernel (imports paid once), but no chapter sees another's names."""
     a, b, out = tmp_path / "01_a.py", tmp_path / "02_b.py", tmp_path / "out"

@@ -18,6 +18,8 @@ import pytest
 
 from atlib.book import runner as book
 
+pytestmark = pytest.mark.slow  # drives headless Chromium over the smoke book
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FULL_PAGE = bool(os.environ.get("ATBOOK_SCREENSHOTS"))  # whole pages for a person to look at; else the top only
 

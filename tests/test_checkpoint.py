@@ -48,6 +48,7 @@ def _uninterrupted(digits) -> tuple[dict, list[dict]]:
     return model.state_dict(), hist
 
 
+@pytest.mark.slow  # kills and restarts a training subprocess
 def test_killed_run_resumes_bitwise(digits, tmp_path):
     ckpt, log, out = tmp_path / "run.ckpt", tmp_path / "epochs.log", tmp_path / "final.pt"
     cmd = [sys.executable, "-c", SCRIPT, str(ckpt), str(log), str(out)]
@@ -114,11 +115,12 @@ def test_cached_model_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
 
     from atlib.training import checkpoint as ckpt
     from atlib.studies.shrinkage import runs as ex
+    from atlib.studies import context as cx
     from atlib.studies.profiles import get_profile
 
     p = dataclasses.replace(get_profile("smoke"), epochs=3, seeds=(0,))
     spec = p.main_at
-    ctx = ex.context(p, tmp_path / "interrupted", workers=1)
+    ctx = cx.context(p, tmp_path / "interrupted", workers=1)
     real_save, saves = ckpt.save, []
 
     def save_then_interrupt(path, state):
@@ -136,7 +138,7 @@ def test_cached_model_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     assert not ex.checkpoint_path(ctx, key).exists()
 
     monkeypatch.setattr(ckpt, "save", real_save)
-    ref, ref_payload, _, _ = ex.trained_model(ex.context(p, tmp_path / "straight", workers=1), spec, 0, progress=False)
+    ref, ref_payload, _, _ = ex.trained_model(cx.context(p, tmp_path / "straight", workers=1), spec, 0, progress=False)
     for k, v in ref.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
     assert [h["train_loss"] for h in payload["history"]] == [h["train_loss"] for h in ref_payload["history"]]

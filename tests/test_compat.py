@@ -18,6 +18,7 @@ CPU_TORCH = torch.version.cuda is None and torch.version.hip is None
 needs_cpu_torch = pytest.mark.skipif(not CPU_TORCH, reason="a GPU torch loads torchvision's extension itself")
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 @needs_cpu_torch
 def test_plain_import_fails_on_cpu_torch():
     r = run_py("import torchvision")
@@ -25,6 +26,7 @@ def test_plain_import_fails_on_cpu_torch():
     assert "torchvision::nms" in r.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_shim_makes_torchvision_usable():
     r = run_py("""
         import sys
@@ -43,6 +45,7 @@ def test_shim_makes_torchvision_usable():
     assert r.stdout.strip().splitlines()[-1] == "(3, 22, 32)"
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 def test_shim_twice_and_after_import():
     r = run_py("""
         from atlib.core.compat import import_torchvision, define_missing_schemas, needs_schema_shim
@@ -57,6 +60,7 @@ def test_shim_twice_and_after_import():
     assert r.stdout.strip() == "ok"
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch
 @needs_cpu_torch
 def test_cuda_torch_is_left_untouched():
     """With a CUDA torch the shim must not define the schemas: the import then fails here (CPU torch),

@@ -13,7 +13,9 @@ import torch
 from atlib.studies.confidence import runs as cf
 from atlib.studies.confidence import matched as cm
 from atlib.studies.confidence import views as cp
+from atlib.studies.confidence import rules
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies import context as cx
 from atlib.studies.profiles import ModelSpec, get_profile
 
 
@@ -96,9 +98,9 @@ def _iv(value, hw, n=3):
 def test_verdict_applies_the_rule(cross, matched, matched_null, n, outcome):
     c = {"std_vs_at": _iv(cross, 0.01), "std_vs_std": _iv(0.97, 0.01, n), "at_vs_at": _iv(0.98, 0.01),
          "std_matched_vs_at": _iv(matched, 0.01), "std_matched_vs_std_matched": _iv(matched_null, 0.01)}
-    v = cf.verdict(SimpleNamespace(correlations={"spearman": c}))
+    v = rules.verdict(SimpleNamespace(correlations={"spearman": c}))
     assert v["outcome"] == outcome
-    assert v["rule"] == cf.RULE
+    assert v["rule"] == rules.RULE
 
 
 # -------------------------------------------------------------------------------------- error paths
@@ -111,8 +113,6 @@ def test_error_paths():
         cf.spearman([1.0, math.inf, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="unknown confidence score"):
         cf.confidence_score(torch.zeros(2, 3), "entropy")
-    with pytest.raises(ValueError, match="no settings for profile 'cifar100'.*smoke"):
-        cf.get_settings("cifar100")
     with pytest.raises(ValueError, match="k must be"):
         cf.topk_set(torch.zeros(3), 4)
     with pytest.raises(ValueError, match="k must be"):
@@ -130,21 +130,21 @@ def test_settings_cover_every_profile():
     from atlib.studies.profiles import PROFILES
 
     for name, p in PROFILES.items():
-        st = cf.get_settings(name)
+        st = p.confidence
         assert st.select_on in cm.SELECT_ON
         assert (st.select_on == "holdout") == (p.train_subset is not None), name
 
 
 def test_selection_set_is_held_out_or_refused(tmp_path):
     base = get_profile("smoke")
-    ctx = ex.context(base, cache_dir=str(tmp_path / "c"), device="cpu")
+    ctx = cx.context(base, cache_dir=str(tmp_path / "c"), device="cpu")
     with pytest.raises(ValueError, match="select_on must be"):
         cm.selection_set(ctx, "test", 100)
     with pytest.raises(ValueError, match="not available.*'train'"):
         cm.selection_set(ctx, "holdout", 100)  # smoke trains on every training image
     x, y, desc = cm.selection_set(ctx, "train", 0)
     assert torch.equal(x, ctx.data.train_x) and "training images" in desc
-    sub = ex.context(dataclasses.replace(base, train_subset=1000), cache_dir=str(tmp_path / "c"), device="cpu")
+    sub = cx.context(dataclasses.replace(base, train_subset=1000), cache_dir=str(tmp_path / "c"), device="cpu")
     hx, hy, desc = cm.selection_set(sub, "holdout", 200)
     assert len(hy) == 200 and "held-out" in desc
     flat_train = {tuple(r) for r in sub.data.train_x.flatten(1).tolist()}
@@ -174,14 +174,14 @@ def test_chapter_page_and_summary_section(warm):
             assert all(p["a"] != p["b"] for p in c["pairs"])
     assert s["verdict"]["outcome"] in {"supported", "not separated from accuracy", "not supported", "undecided"}
     shown = s["shown_indices"]["std_vs_at"]
-    assert len(shown["b_over_a_test_index"]) == cf.get_settings("smoke").n_show
+    assert len(shown["b_over_a_test_index"]) == get_profile("smoke").confidence.n_show
     figs = {p.name for p in (warm["out"] / "results" / "figures").glob("confidence_*.png")}
     assert {"confidence_scatter.png", "confidence_grid_std_vs_at.png", "confidence_grid_std_vs_std.png",
             "confidence_browser_static.png"} <= figs
 
 
 def test_chapter_does_not_retrain(warm, monkeypatch):
-    ctx = ex.context("smoke", cache_dir=str(warm["cache"]), device="cpu")
+    ctx = cx.context("smoke", cache_dir=str(warm["cache"]), device="cpu")
     assert all(r.cached for r in ex.training_runs(ctx, progress=False))
 
     def no_training(*a, **k):

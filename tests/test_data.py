@@ -209,14 +209,36 @@ def test_missing_cifar10(tmp_path):
 
 
 def test_missing_fashion(tmp_path, monkeypatch):
-    (tmp_path / "empty").mkdir()
-    monkeypatch.setenv("ATLIB_DATA", str(tmp_path / "empty"))
     monkeypatch.setattr(atlib.core.data, "DEBIAN_FASHION", tmp_path / "nope")
     with pytest.raises(DataNotFoundError) as e:
-        load_dataset("fashion")  # ATLIB_NO_DOWNLOAD is set by conftest
+        load_dataset("fashion")  # no data root named; ATLIB_NO_DOWNLOAD is set by conftest
     msg = str(e.value)
-    assert str(tmp_path / "empty") in msg and str(tmp_path / "nope") in msg
-    assert "apt-get install dataset-fashion-mnist" in msg
+    assert str(tmp_path / "nope") in msg and "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_named_data_root_must_hold_the_data(tmp_path, monkeypatch):
+    """An explicit data root (argument or $ATLIB_DATA) that is missing or empty is an error naming what was looked
+    for; it never falls back silently to the Debian copy or a download."""
+    write_idx(tmp_path / "debian", make_idx_arrays(), gz=True)
+    monkeypatch.setattr(atlib.core.data, "DEBIAN_FASHION", tmp_path / "debian")  # a fallback that would work
+    with pytest.raises(DataNotFoundError, match="does not exist") as e:
+        load_dataset("fashion", "/nonexistent")
+    assert "/nonexistent (--data-root)" in str(e.value) and "t10k-labels-idx1-ubyte" in str(e.value)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("ATLIB_DATA", str(tmp_path / "empty"))
+    with pytest.raises(DataNotFoundError, match="holds none of the fashion files") as e:
+        load_dataset("fashion")
+    msg = str(e.value)
+    assert str(tmp_path / "empty") in msg and "$ATLIB_DATA" in msg and "FashionMNIST/raw/" in msg
+    assert all(stem in msg for stem in atlib.core.data.IDX_FILES) and str(tmp_path / "debian") not in msg
+    (tmp_path / "empty" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(DataNotFoundError, match="lacks train-labels-idx1-ubyte, t10k-images"):
+        load_dataset("fashion")
+    monkeypatch.delenv("ATLIB_DATA")
+    assert load_dataset("fashion").source == str(tmp_path / "debian"), "without a named root: the default places"
+    assert load_dataset("digits", "/nonexistent").name == "digits", "digits ship with scikit-learn"
+    with pytest.raises(DataNotFoundError, match=r"cifar-10-batches-py/ with data_batch_1.*batches\.meta"):
+        load_dataset("cifar10", tmp_path / "empty", download=False)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

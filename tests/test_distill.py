@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from atlib.training import distill as D
-from atlib.studies.distillation import views as rep
+from atlib.studies.distillation import rules
 from atlib.studies.distillation import runs as dr
 from atlib.studies.distillation import targets as dt
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies import context as cx
 from atlib.core import stats
 from atlib.training import train
-from atlib.studies.profiles import DistillSettings
+from atlib.studies.distillation.settings import DistillSettings
 
 N, K = 4000, 10
 
@@ -230,7 +231,7 @@ def test_survivors_only_attack_the_alive_and_never_revive(std_digits_mlp, digits
     (-0.30, math.nan, 1, "inconclusive"),
 ])
 def test_classify_applies_the_rule(mean, hw, n, outcome):
-    assert rep.classify(stats.Interval(mean, hw, n), remove=0.10, equiv=0.05) == outcome
+    assert rules.classify(stats.Interval(mean, hw, n), remove=0.10, equiv=0.05) == outcome
 
 
 def test_error_paths(teachers):
@@ -272,13 +273,13 @@ def test_chapter_page_and_summary_section(smoke_book):
         assert 0 <= r["robust_acc"]["pgd_ce"] <= r["clean_acc"] <= 1
     assert len(s["by_config"]) == len(dt.ABLATIONS) * len(p.distill.temperatures)
     for row in s["by_config"]:
-        assert row["verdict"] in rep.OUTCOMES + ("reference",)
+        assert row["verdict"] in rules.OUTCOMES + ("reference",)
         assert set(row["robust"]) == {"mean", "ci", "half_width", "n"}
     assert set(s["verdict"]["by_T"]) == {f"{T:g}" for T in p.distill.temperatures}
 
 
 def test_chapter_does_not_retrain(smoke_book, monkeypatch):
-    ctx = ex.context("smoke", cache_dir=str(smoke_book["cache"]), device="cpu")
+    ctx = cx.context("smoke", cache_dir=str(smoke_book["cache"]), device="cpu")
     assert all(r.cached for r in ex.training_runs(ctx, progress=False))
 
     def no_training(*a, **k):

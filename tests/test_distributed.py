@@ -58,6 +58,7 @@ def _run_ranks(script: str, arg: str, world: int) -> None:
             p.kill()
 
 
+@pytest.mark.slow  # two gloo ranks under torchrun
 def test_two_gloo_ranks_match_one_process(digits, tmp_path):
     out, world = tmp_path / "params", 2
     _run_ranks(RANK, str(out), world)
@@ -111,21 +112,24 @@ import sys, dataclasses
 import torch
 torch.set_num_threads(1)
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies import context as cx
 from atlib.training.distributed import init_from_env
 from atlib.studies.profiles import get_profile
 assert init_from_env()
 p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), linf_sweep=(0.0, 0.1), train_subset=265)
-ctx = ex.context(p, sys.argv[1])
+ctx = cx.context(p, sys.argv[1])
 runs = ex.training_runs(ctx, progress=False)
 assert len(runs) == 3 and not any(r.cached for r in runs)
 torch.distributed.destroy_process_group()
 """
 
 
+@pytest.mark.slow  # two gloo ranks under torchrun
 def test_training_runs_under_two_ranks_store_one_copy_equal_to_one_process(tmp_path):
     """``torchrun -m atlib compute`` in small: both ranks train every model with DDP, only rank 0 writes."""
     import dataclasses
 
+    from atlib.studies import context as cx
     from atlib.studies.shrinkage import runs as ex
     from atlib.studies.profiles import get_profile
 
@@ -135,7 +139,7 @@ def test_training_runs_under_two_ranks_store_one_copy_equal_to_one_process(tmp_p
     written = sorted(f.name.split("-")[0] for f in cache.glob("*.pt"))
     assert written == ["evaluation"] * 3 + ["model"] * 3, written  # one copy each, no stray temp files
     assert not list(cache.glob(".*.tmp")) and not list((cache / "checkpoints").glob("*"))
-    ddp_ctx, one_ctx = ex.context(p, cache, workers=1), ex.context(p, tmp_path / "one", workers=1)
+    ddp_ctx, one_ctx = cx.context(p, cache, workers=1), cx.context(p, tmp_path / "one", workers=1)
     for spec in p.model_specs():
         got, ref = ex.model_run(ddp_ctx, spec, 0), ex.model_run(one_ctx, spec, 0)
         assert got.cached and not ref.cached

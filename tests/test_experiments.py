@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from atlib.studies.shrinkage import runs as ex
+
+from atlib.studies import context as cx
 from atlib.book.runner import REPO
 from atlib.core.models import build_model
 from atlib.studies.profiles import PROFILES, UnknownProfileError, get_profile
@@ -44,7 +46,7 @@ def test_unknown_profile_lists_valid_ones():
 
 def _tiny(tmp_path):
     p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), eval_steps=3)
-    return ex.context(p, cache_dir=str(tmp_path / "cache"), device="cpu")
+    return cx.context(p, cache_dir=str(tmp_path / "cache"), device="cpu")
 
 
 def test_model_run_is_cached_and_deterministic(tmp_path, monkeypatch):
@@ -99,6 +101,7 @@ def _cli(*args, env_extra=None):
     return subprocess.run([sys.executable, "-m", "atlib", *args], capture_output=True, text=True, cwd=REPO, env=env)
 
 
+@pytest.mark.slow  # runs the CLI in a fresh interpreter
 def test_cli_unknown_profile():
     r = _cli("book", "--profile", "imagenet", "--out", "/tmp/never-written")
     assert r.returncode == 2
@@ -106,6 +109,7 @@ def test_cli_unknown_profile():
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # runs the CLI in a fresh interpreter
 def test_cli_missing_data_says_how_to_get_it(tmp_path):
     r = _cli("compute", "--profile", "mnist", "--data-root", str(tmp_path), "--cache-dir", str(tmp_path / "c"),
              env_extra={"ATLIB_DATA": str(tmp_path)})
@@ -114,6 +118,7 @@ def test_cli_missing_data_says_how_to_get_it(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # runs the CLI in a fresh interpreter
 def test_cli_bad_workers():
     r = _cli("compute", "--profile", "smoke", "--workers", "0")
     assert r.returncode == 2 and "--workers" in r.stderr and "whole number >= 1" in r.stderr

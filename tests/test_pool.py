@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from atlib.studies.shrinkage import runs as ex
+
+from atlib.studies import context as cx
 from atlib.training import pool
 from atlib.studies.profiles import get_profile
 from atlib.core.store import CacheMiss, Store
@@ -33,13 +35,14 @@ def _fresh_pool():
     pool.shutdown()
 
 
+@pytest.mark.slow  # spawns worker processes
 def test_pooled_models_equal_one_thread_in_process(tmp_path):
     specs = TINY.model_specs()[:2]
-    pooled = ex.context(TINY, tmp_path / "pooled", workers=2)
-    assert ex.fill(pooled, [(ex.model_run, (s, seed)) for s in specs for seed in TINY.seeds], "models") == 4
-    assert ex.fill(pooled, [(ex.model_run, (s, seed)) for s in specs for seed in TINY.seeds], "models") == 0
+    pooled = cx.context(TINY, tmp_path / "pooled", workers=2)
+    assert cx.fill(pooled, [(ex.model_run, (s, seed)) for s in specs for seed in TINY.seeds], "models") == 4
+    assert cx.fill(pooled, [(ex.model_run, (s, seed)) for s in specs for seed in TINY.seeds], "models") == 0
 
-    serial = ex.context(TINY, tmp_path / "serial", workers=1)
+    serial = cx.context(TINY, tmp_path / "serial", workers=1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -55,12 +58,13 @@ def test_pooled_models_equal_one_thread_in_process(tmp_path):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # spawns worker processes
 def test_workers_run_one_thread_each_and_a_warm_fill_starts_none(tmp_path):
-    ctx = ex.context(TINY, tmp_path, workers=2)
-    assert ex.fill(ctx, [(record_threads, ("a",)), (record_threads, ("b",))], "threads") == 2
+    ctx = cx.context(TINY, tmp_path, workers=2)
+    assert cx.fill(ctx, [(record_threads, ("a",)), (record_threads, ("b",))], "threads") == 2
     assert [ctx.store.load(f"threads-{t}")["threads"] for t in "ab"] == [1, 1]
     pool.shutdown()
-    assert ex.fill(ctx, [(record_threads, ("a",)), (record_threads, ("b",))], "threads") == 0
+    assert cx.fill(ctx, [(record_threads, ("a",)), (record_threads, ("b",))], "threads") == 0
     assert pool._EXECUTOR is None  # everything was cached: no process was started
 
 
@@ -75,23 +79,24 @@ def test_probe_finds_misses_without_computing(tmp_path):
         assert store.get_or_compute("k", lambda: 8) == (7, True)
     assert store.get_or_compute("j", lambda: 9) == (9, False)  # probing ends with its block
 
-    ctx = ex.context(TINY, tmp_path, workers=2)
+    ctx = cx.context(TINY, tmp_path, workers=2)
     record_threads(ctx, "done")
     jobs = [(record_threads, ("done",)), (record_threads, ("todo",))]
     assert pool.missing(ctx.store, ctx, jobs) == [(record_threads, ("todo",))]
     assert ctx.store.load("threads-todo") is None
 
 
+@pytest.mark.slow  # spawns worker processes
 def test_a_failing_job_raises_in_the_caller_and_keeps_the_others(tmp_path):
-    ctx = ex.context(TINY, tmp_path, workers=2)
+    ctx = cx.context(TINY, tmp_path, workers=2)
     with pytest.raises(FloatingPointError, match="job x diverged"):
-        ex.fill(ctx, [(fail, ("x",)), (record_threads, ("ok",))], "jobs")
+        cx.fill(ctx, [(fail, ("x",)), (record_threads, ("ok",))], "jobs")
     assert ctx.store.load("threads-ok") == {"threads": 1}
 
 
 def test_one_worker_computes_nothing_in_the_pool(tmp_path):
-    ctx = ex.context(TINY, tmp_path, workers=1)
-    assert ex.fill(ctx, [(record_threads, ("a",))], "jobs") == 0
+    ctx = cx.context(TINY, tmp_path, workers=1)
+    assert cx.fill(ctx, [(record_threads, ("a",))], "jobs") == 0
     assert ctx.store.load("threads-a") is None and pool._EXECUTOR is None
 
 
@@ -100,7 +105,7 @@ def test_default_workers(monkeypatch):
     monkeypatch.delenv("ATLIB_WORKERS", raising=False)
     assert 1 <= pool.default_workers(cpu) <= pool.MAX_WORKERS
     assert pool.default_workers(cuda) == 1 and pool.default_workers(cpu, pooled=False) == 1
-    assert ex.context("smoke", None).workers == 1  # smoke's jobs are too short to pay for a process
+    assert cx.context("smoke", None).workers == 1  # smoke's jobs are too short to pay for a process
     monkeypatch.setenv("ATLIB_WORKERS", "3")
     assert pool.default_workers(cpu, pooled=False) == 3 and pool.default_workers(cuda) == 3
     for bad in ("0", "-2", "two"):
@@ -108,7 +113,7 @@ def test_default_workers(monkeypatch):
         with pytest.raises(ValueError, match="ATLIB_WORKERS"):
             pool.default_workers(cpu)
     with pytest.raises(ValueError, match="workers"):
-        ex.context("smoke", None, workers=0)
+        cx.context("smoke", None, workers=0)
 
 
 def _die(ctx, tag: str) -> None:
@@ -118,12 +123,13 @@ def _die(ctx, tag: str) -> None:
     ctx.store.get_or_compute(f"die-{tag}", lambda: os._exit(3))
 
 
+@pytest.mark.slow  # spawns worker processes
 def test_a_dead_worker_says_what_to_do(tmp_path):
-    ctx = ex.context(TINY, tmp_path, workers=2)
+    ctx = cx.context(TINY, tmp_path, workers=2)
     with pytest.raises(RuntimeError, match="worker process died.*ATLIB_WORKERS=1"):
-        ex.fill(ctx, [(_die, ("x",))], "jobs")
+        cx.fill(ctx, [(_die, ("x",))], "jobs")
     assert pool._EXECUTOR is None  # the broken pool is dropped: the next fill starts a fresh one
-    assert ex.fill(ctx, [(record_threads, ("after",))], "jobs") == 1
+    assert cx.fill(ctx, [(record_threads, ("after",))], "jobs") == 1
 
 
 def test_parse_workers():

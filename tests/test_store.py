@@ -10,7 +10,7 @@ import torch
 
 import atlib.core.store
 from atlib.core.attacks import AttackConfig
-from atlib.core.store import MAGIC, CorruptArtifactWarning, Store, artifact_key, code_version
+from atlib.core.store import MAGIC, CorruptArtifactWarning, Store, artifact_key, code_version_of
 
 
 def artifact():
@@ -108,24 +108,38 @@ def test_key_float_precision_and_types():
     assert artifact_key("k", {"n": 1}, "c", "d") != artifact_key("k", {"n": True}, "c", "d")
 
 
-def test_code_version_tracks_source(tmp_path):
-    def module(name: str, source: str) -> types.ModuleType:
-        path = tmp_path / f"{name}.py"
-        path.write_text(source)
-        m = types.ModuleType(name)
-        m.__file__ = str(path)
-        return m
+@pytest.fixture
+def fake_atlib(tmp_path, monkeypatch):
+    """A tiny ``atlib`` tree that ``code_version_of`` resolves names against (its memos cleared around the test)."""
+    root = tmp_path / "atlib"
+    root.mkdir()
+    for name, source in {"__init__": "", "a": "from atlib import b\nX = 1\n", "b": "def f():\n    return 2\n"}.items():
+        (root / f"{name}.py").write_text(source)
+    store = atlib.core.store
+    store._module_info.cache_clear(), store._closure.cache_clear()
+    monkeypatch.setattr(store, "_ROOT", root)
+    yield root
+    store._module_info.cache_clear(), store._closure.cache_clear()
 
-    a, b = module("mod_a", "X = 1\n"), module("mod_b", "def f():\n    return 2\n")
-    v1 = code_version([a, b])
-    assert v1 == code_version([b, a]) and len(v1) == 12  # order of the list does not matter
-    assert code_version([a]) != v1
-    Path(b.__file__).write_text("def f():\n    return 3\n")
-    v2 = code_version([a, b])
-    assert v2 != v1
-    Path(b.__file__).write_text("def f():\n    return 2\n")
-    assert code_version([a, b]) == v1  # content, not mtime
-    assert code_version([atlib.core.store]) == code_version([atlib.core.store])
+
+def test_code_version_tracks_source(fake_atlib):
+    store = atlib.core.store
+    v1 = code_version_of("atlib.a")
+    assert v1 == code_version_of("atlib.b", "atlib.a") == code_version_of(types.ModuleType("atlib.a")) and len(v1) == 12
+    assert code_version_of("atlib.b") != v1  # a imports b: b's closure is a strict subset
+    b = fake_atlib / "b.py"
+    b.write_text("def f():\n    return 3\n")
+    store._module_info.cache_clear(), store._closure.cache_clear()  # sources are read once per process
+    assert code_version_of("atlib.a") != v1
+    b.write_text("def f():\n    return 2\n")
+    store._module_info.cache_clear(), store._closure.cache_clear()
+    assert code_version_of("atlib.a") == v1  # content, not mtime
+    with pytest.raises(ValueError):
+        code_version_of("atlib.missing")
+
+
+def test_code_version_of_real_modules_is_stable():
+    assert code_version_of(atlib.core.store) == code_version_of(atlib.core.store) == code_version_of(Store)
 
 
 # ---------------------------------------------------------------- corruption

@@ -9,8 +9,9 @@ from torch import nn
 
 from atlib.core import attacks
 from atlib.studies.theory import controls
-from atlib.studies.theory import linear as theory
+from atlib.studies.theory import runs as theory
 from atlib.studies.theory import views as V
+from atlib.studies.profiles import get_profile
 
 
 def _random_linear(K=5, D=30, seed=0):
@@ -138,14 +139,10 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="unknown norm"):
         theory.dual_norm(W, "l3")
     with pytest.raises(ValueError, match="unknown training method"):
-        theory.train_linear(x.float(), y, 5, 0.1, "fgsm", theory.LINEAR["smoke"], 0)
-    with pytest.raises(theory.UnknownSettingError, match="valid: smoke"):
-        theory.settings("imagenet")
-    with pytest.raises(theory.UnknownSettingError, match="valid: smoke"):
-        controls.settings("imagenet")
-    from atlib.studies.shrinkage import runs as experiments
+        theory.train_linear(x.float(), y, 5, 0.1, "fgsm", get_profile("smoke").theory.linear, 0)
+    from atlib.studies import context as cx
 
-    ctx = experiments.context("smoke", device="cpu")
+    ctx = cx.context("smoke", device="cpu")
     with pytest.raises(ValueError, match="unknown control"):
         controls.control_config(ctx, "dropout", 0.1)
 

@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = "supported", "not supported", "inconclusive", "not run"
-VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN)
+from atlib.studies.verdict import LEDGER as VERDICTS
+from atlib.studies.verdict import Verdict
+
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = VERDICTS  # the ledger's four verdicts
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,8 @@ def judge_shrinkage(s: Mapping[str, Any]) -> Entry:
 
 
 # ------------------------------------------------------------------------------------------------ claim 2
-CONFIDENCE_MAP = {"supported": SUPPORTED, "not supported": NOT_SUPPORTED,
-                  "not separated from accuracy": INCONCLUSIVE, "undecided": INCONCLUSIVE}
+CONFIDENCE_MAP = {Verdict.SUPPORTED: SUPPORTED, Verdict.NOT_SUPPORTED: NOT_SUPPORTED,
+                  Verdict.NOT_SEPARATED: INCONCLUSIVE, Verdict.UNDECIDED: INCONCLUSIVE}
 CONFIDENCE_ROWS = {"std_vs_at": "ρ std vs AT", "std_vs_std": "ρ std vs std (null)", "at_vs_at": "ρ AT vs AT (null)",
                    "std_matched_vs_at": "ρ early-stopped std vs AT"}
 
@@ -109,8 +111,8 @@ def judge_confidence(s: Mapping[str, Any]) -> Entry:
 
 
 # ------------------------------------------------------------------------------------------------ claim 3
-DISTILL_MAP = {"supported": SUPPORTED, "contradicted": NOT_SUPPORTED,
-               "no distilled robustness to ablate": NOT_SUPPORTED, "inconclusive": INCONCLUSIVE}
+DISTILL_MAP = {Verdict.SUPPORTED: SUPPORTED, Verdict.CONTRADICTED: NOT_SUPPORTED,
+               Verdict.NOTHING_TO_ABLATE: NOT_SUPPORTED, Verdict.INCONCLUSIVE: INCONCLUSIVE}
 DISTILL_ABLATIONS = {"uniform_nonmax": "non-max made uniform", "shuffle_nonmax": "non-max shuffled",
                      "uniform_confidence": "confidence made uniform"}
 

@@ -1,5 +1,10 @@
 """``python -m atlib {book,html,compute,bench}``: build the executed book, re-render it, fill the cache without
-notebooks, or benchmark adversarial training against a plain loop."""
+notebooks, or benchmark adversarial training against a plain loop.
+
+Exit codes: 0 done; 2 bad input, reported as one ``error: ...`` line before anything ran or was written (an
+unknown profile, a bad --device / --workers / --out, a data root without the data); 1 a chapter or the HTML
+build failed while running (the message says where; a failed chapter's notebook is kept).
+"""
 from __future__ import annotations
 
 import argparse
@@ -17,28 +22,7 @@ def _workers(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m atlib", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--profile", default=DEFAULT_PROFILE,
-                        help=f"one of: {', '.join(PROFILES)} (default {DEFAULT_PROFILE})")
-    common.add_argument("--cache-dir", default=None, help="artifact cache (default $ATLIB_CACHE or ~/.cache/atlib)")
-    common.add_argument("--data-root", default=None, help="dataset folder (default $ATLIB_DATA, system paths, download)")
-    common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    common.add_argument("--workers", type=_workers, default=None,
-                        help="processes for independent cached jobs, one thread each (default $ATLIB_WORKERS, else "
-                             "one per CPU core up to 8 on the CPU, 1 on CUDA or for the smoke profile)")
-    b = sub.add_parser("book", parents=[common], help="execute the chapters with papermill and build the HTML book")
-    b.add_argument("--out", default=None, help=f"output folder (default: book/, the published book, for "
-                                               f"{DEFAULT_PROFILE}; _build/books/<profile>/ for any other profile)")
-    b.add_argument("--no-html", action="store_true", help="execute the chapters and write summary.json only")
-    b.add_argument("--no-record", action="store_true",
-                   help="do not copy summary.json to results/<profile>/summary.json (read by the claims ledger)")
-    h = sub.add_parser("html", help="build the HTML of an executed book without executing anything (refreshes the "
-                                    "hand-written pages and the claims ledger)")
-    h.add_argument("--out", default=None, help="the executed book's folder (default: book/)")
-    sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")
+def _add_bench(sub: argparse._SubParsersAction) -> None:
     bn = sub.add_parser("bench", help="time atlib's PGD adversarial-training epoch against a plain reference loop")
     bn.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18"))
     bn.add_argument("--batch-size", type=int, default=256)
@@ -50,30 +34,73 @@ def main(argv: list[str] | None = None) -> int:
                     "channels_last, fused SGD, torch.compile; $ATLIB_COMPILE=0 turns off compile alone)")
     bn.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     bn.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from atlib.core.runtime import DeviceError
+    from atlib.training.bench import BenchConfig
+    from atlib.training.bench import main as bench_main
+
+    try:
+        bench_main(BenchConfig(args.model, args.batch_size, args.steps, args.n_images, args.repeats, args.device,
+                               fast=not args.no_fast, threads=args.threads), args.json)
+    except DeviceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atlib", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help=f"one of: {', '.join(PROFILES)} (default {DEFAULT_PROFILE}), or a TOML profile file "
+                             f"(extends = \"fashion\" plus overrides; see README, 'Your own profile')")
+    common.add_argument("--cache-dir", default=None, help="artifact cache (default $ATLIB_CACHE or ~/.cache/atlib)")
+    common.add_argument("--data-root", default=None, help="dataset folder (default $ATLIB_DATA, system paths, download)")
+    common.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    common.add_argument("--workers", type=_workers, default=None,
+                        help="processes for independent cached jobs, one thread each (default $ATLIB_WORKERS, else "
+                             "one per CPU core up to 8 on the CPU, 1 on CUDA or for the smoke profile)")
+    b = sub.add_parser("book", parents=[common], help="execute the chapters with papermill and build the HTML book")
+    b.add_argument("--out", default=None, help=f"output folder (default: book/, the published book, for "
+                                               f"{DEFAULT_PROFILE}; _build/books/<profile>/ for any other profile)")
+    b.add_argument("--no-html", action="store_true", help="execute the chapters and write summary.json only")
+    rec = b.add_mutually_exclusive_group()
+    rec.add_argument("--record", action="store_true", default=False,
+                     help="after a successful build, copy summary.json to results/<profile>/summary.json, the "
+                          "recorded results the claims ledger reads (how a profile's results are published)")
+    rec.add_argument("--no-record", dest="record", action="store_false", default=False,
+                     help="do not record (the default; kept for older scripts)")
+    h = sub.add_parser("html", help="build the HTML of an executed book without executing anything (refreshes the "
+                                    "hand-written pages and the claims ledger)")
+    h.add_argument("--out", default=None, help="the executed book's folder (default: book/)")
+    sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")
+    _add_bench(sub)
     args = ap.parse_args(argv)
 
     if args.cmd == "bench":
-        from atlib.training.bench import BenchConfig
-        from atlib.training.bench import main as bench_main
+        return _bench(args)
 
-        bench_main(BenchConfig(args.model, args.batch_size, args.steps, args.n_images, args.repeats, args.device,
-                               fast=not args.no_fast, threads=args.threads), args.json)
-        return 0
-
-    from atlib.book.runner import BookError, render_book, run_book
+    from atlib.book.runner import BadInputError, BookError, render_book, run_book
     from atlib.core.data import DataNotFoundError
+    from atlib.core.runtime import DeviceError
     from atlib.studies.profiles import UnknownProfileError
 
     try:
         if args.cmd == "book":
             run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html,
-                     record=not args.no_record, workers=args.workers)
+                     record=args.record, workers=args.workers)
         elif args.cmd == "html":
             print(f"HTML: {render_book(args.out) / 'index.html'}")
         else:
             from atlib.book.compute import compute_all
 
             print(f"in the cache: {compute_all(args.profile, args.cache_dir, args.data_root, args.device, args.workers)}")
+    except (BadInputError, DeviceError, DataNotFoundError) as e:  # bad input, caught before anything ran: exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (UnknownProfileError, DataNotFoundError, BookError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UnknownProfileError) else 1

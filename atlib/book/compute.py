@@ -20,6 +20,7 @@ from atlib.studies.confidence import runs as confidence
 from atlib.studies.distillation import runs as distill_runs
 from atlib.training import distributed
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies import context as cx
 from atlib.studies.profiles import Profile
 
 
@@ -42,7 +43,7 @@ class Computed:
 def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
                 device: str | None = None, workers: int | None = None) -> Computed:
     """Run chapters 02–05's cached experiment functions in book order; returns what was computed."""
-    ctx = ex.context(profile, cache_dir, data_root, device, workers)
+    ctx = cx.context(profile, cache_dir, data_root, device, workers)
     ddp = distributed.init_from_env(ctx.device)  # under torchrun: chapter 02's models with DDP, a shard per rank
     runs = ex.training_runs(ctx)  # chapter 02 (and 01, 03, 05 reuse them)
     if ddp:

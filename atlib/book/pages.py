@@ -44,18 +44,21 @@ class Provenance:
     git_commit: str
     executed_at: str  # UTC, minutes
     wall_s: float
+    settings_toml: str = ""  # the profile's resolved settings (atlib.studies.profiles.profile_toml), folded
 
     def markdown(self) -> str:
         commit = self.git_commit.removesuffix("-dirty")
         dirty = " (with uncommitted changes)" if self.git_commit.endswith("-dirty") else ""
+        fence = "````" if self.settings_toml else "```"  # the outer fence outlasts the nested settings box
+        settings = ["", "```{admonition} Every setting of this profile (TOML: `python -m atlib book --profile FILE`)",
+                    ":class: dropdown", "", "~~~toml", self.settings_toml.rstrip(), "~~~", "```"]
         return "\n".join([
-            "```{admonition} Provenance", ":class: note atbook-provenance", "",
+            f"{fence}{{admonition}} Provenance", ":class: note atbook-provenance", "",
             f"Executed for profile **`{self.profile}`** ({self.description}).  ",
             f"**Dataset** {self.dataset} · **model** {self.model} · **seeds** {', '.join(map(str, self.seeds))} · "
             f"**device** {self.device}  ",
             f"**git commit** `{commit[:12]}`{dirty} · **executed** {self.executed_at} UTC · "
-            f"**wall time** {self.wall_s:.0f} s",
-            "```"])
+            f"**wall time** {self.wall_s:.0f} s"] + (settings if self.settings_toml else []) + [fence])
 
     def as_dict(self) -> dict[str, Any]:
         return {"profile": self.profile, "dataset": self.dataset, "model": self.model, "device": self.device,

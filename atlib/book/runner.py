@@ -4,8 +4,10 @@ Chapters are taken in ``_toc.yml`` order; an entry ``NN_name`` is executed from
 ``chapters/NN_name.py``, ``claims`` is the generated claims ledger, any other entry is a hand-written
 page from ``pages/``. Executed notebooks go to the output folder, never beside their ``.py`` sources:
 ``book/`` (the published book) for the default profile, ``_build/books/<profile>/`` for any other.
-A finished build's summary is also recorded as ``results/<profile>/summary.json`` (when asked: the CLI
-does, the tests do not), which is what the ledger of every later build reads for that profile.
+A finished build's summary is also recorded as ``results/<profile>/summary.json`` only when asked
+(``python -m atlib book --record``), which is what the ledger of every later build reads for that profile.
+The chapters' kernel runs with ``ATBOOK_BUILD=1`` (set in its kernelspec): glued values are then not echoed
+into cell outputs, as they are when a chapter is run interactively (:func:`atlib.studies.prose.glue`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,10 @@ import yaml
 
 from atlib.book import claims
 from atlib.book import pages
+from atlib.book.progress import ChapterProgress
 from atlib.training import pool
-from atlib.studies.profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile
+from atlib.studies.profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile, profile_toml
+from atlib.core.data import check_data_root
 from atlib.core.runtime import device_name, pick_device
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +41,10 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 class BookError(RuntimeError):
     """A chapter or the HTML build failed; the message says which and why, briefly."""
+
+
+class BadInputError(BookError):
+    """A bad argument or setting, caught before anything was executed or written (the CLI exits 2 for it)."""
 
 
 def toc_entries(root: Path = REPO) -> list[str]:
@@ -76,9 +85,15 @@ def default_out(profile: str) -> Path:
 
 
 def check_out(profile: str, out: Path) -> None:
-    """A non-default profile never overwrites the published default book."""
+    """The output folder can be a folder (it, or its nearest existing parent, is no file), and a non-default
+    profile never overwrites the published default book."""
+    existing = next(a for a in (out, *out.parents) if a.exists())
+    if not existing.is_dir():
+        what = f"{out} is" if existing == out else f"{out} cannot be created: {existing} is"
+        raise BadInputError(f"the output folder (--out) {what} a file, not a folder. Pass a folder (it is created if "
+                            f"missing), or leave out --out for the default ({default_out(profile)}).")
     if out.resolve() == (REPO / "book").resolve() and profile != DEFAULT_PROFILE:
-        raise BookError(f"book/ holds the published {DEFAULT_PROFILE!r} book; refusing to overwrite it with the "
+        raise BadInputError(f"book/ holds the published {DEFAULT_PROFILE!r} book; refusing to overwrite it with the "
                         f"{profile!r} profile. Leave out --out (the {profile!r} book then goes to "
                         f"{default_out(profile).relative_to(REPO)}/) or pass another folder.")
 
@@ -94,6 +109,7 @@ def _kernel_dir(work: Path) -> str:
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
                  f"--IPKernelApp.exec_lines={KERNEL_SETUP}"],
+        "env": {"ATBOOK_BUILD": "1"},  # the book build: prose.glue echoes nothing into the outputs
         "display_name": "atbook (Python 3)", "language": "python"}))
     return str(work / "kernels")
 
@@ -152,11 +168,12 @@ def fresh_namespace(km: Any) -> None:
         kc.stop_channels()
 
 
-def execute_chapter(src: Path, out_dir: Path, params: dict[str, Any], km: Any = None) -> Path:
+def execute_chapter(src: Path, out_dir: Path, params: dict[str, Any], km: Any = None,
+                    progress: ChapterProgress | None = None) -> Path:
     """jupytext → papermill; the executed notebook lands in ``out_dir``; a failure raises BookError.
 
     ``km``: a started kernel (:func:`shared_kernel`) to run in, its namespace cleared first; default a
-    kernel of the chapter's own."""
+    kernel of the chapter's own. ``progress``: where papermill's cell counter goes (none by default)."""
     import jupytext
     import papermill as pm
 
@@ -172,7 +189,8 @@ def execute_chapter(src: Path, out_dir: Path, params: dict[str, Any], km: Any = 
     try:
         with _kernelspec(work):
             pm.execute_notebook(str(src_nb), str(run_nb), parameters=params, kernel_name="atbook", cwd=str(REPO),
-                                progress_bar=sys.stderr.isatty(), log_output=False,
+                                progress_bar=progress.tqdm_kwargs() if progress is not None else False,
+                                log_output=False,
                                 **({"km": km} if km is not None else {}))
     except pm.PapermillExecutionError as e:
         failed = out_dir / "_failed" / f"{src.stem}.ipynb"
@@ -235,38 +253,81 @@ def provenance(p: Profile, device: str, commit: str, wall_s: float) -> pages.Pro
                         if n is not None)
     return pages.Provenance(p.name, p.description, p.dataset + (f" ({subsets})" if subsets else ""),
                             p.arch + (f", width {p.width}" if p.width else ""), device, tuple(p.seeds), commit,
-                            _now(), wall_s)
+                            _now(), wall_s, profile_toml(p))
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the repository when inside it: no home paths in the book."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str | None = None,
-             data_root: str | None = None, device: str | None = None, html: bool = True,
-             record: bool = False, workers: int | None = None) -> Path:
-    """Execute every chapter for ``profile`` into ``out`` and build the HTML; returns summary.json's path.
-
-    ``record``: after a successful build, also copy summary.json to ``results/<profile>/summary.json``.
-    ``workers``: processes for the chapters' cache-filling jobs (``$ATLIB_WORKERS``; see :mod:`atlib.training.pool`).
-    """
-    p = get_profile(profile)
+def _preflight(p: Profile, out: str | os.PathLike | None, device: str | None, data_root: str | None,
+               workers: int | None) -> tuple[Any, int, Path]:
+    """The build's device, worker count and output folder, every argument checked before anything is touched."""
     dev = pick_device(device)
-    try:  # before anything in the output folder is touched
+    try:
         if workers is not None:
             os.environ["ATLIB_WORKERS"] = str(pool.parse_workers(workers))  # the chapters' kernels inherit it
         n_workers = pool.default_workers(dev, p.pool_jobs)
     except ValueError as e:  # a bad --workers or $ATLIB_WORKERS
-        raise BookError(str(e)) from None
+        raise BadInputError(str(e)) from None
     out_dir = Path(out).resolve() if out is not None else default_out(p.name)
     check_out(p.name, out_dir)
+    check_data_root(p.dataset, data_root)  # a named data root that lacks the data fails now, not in chapter 01
+    return dev, n_workers, out_dir
+
+
+def _run_chapters(srcs: list[Path], out_dir: Path, params: dict[str, Any], prov_of: tuple[Profile, str, str],
+                  t0: float) -> dict[str, Any]:
+    """Execute the chapters in one kernel, each with a progress line (:class:`ChapterProgress`), and finish their
+    notebooks for the book; returns each chapter's provenance. ``prov_of``: (profile, machine, commit)."""
+    chapters = {}
+    with shared_kernel(out_dir) as km:
+        for i, src in enumerate(srcs, 1):
+            tc, label = time.perf_counter(), f"[{i}/{len(srcs)}] {src.stem}"
+            progress = ChapterProgress(label)
+            if not progress.tty:  # on a terminal the progress line says it
+                print(f"{label} ...", flush=True)
+            try:
+                with progress:
+                    done = execute_chapter(src, out_dir, params, km, progress)
+            except BookError:
+                print(f"{label} FAILED after {time.perf_counter() - tc:.0f}s", flush=True)
+                raise
+            prov = provenance(*prov_of, time.perf_counter() - tc)
+            pages.finish_chapter(done, prov, str(src.relative_to(REPO)) if src.is_relative_to(REPO) else src.name)
+            chapters[src.stem] = prov.as_dict()
+            print(f"{label} done in {time.perf_counter() - tc:.0f}s (total {time.perf_counter() - t0:.0f}s)",
+                  flush=True)
+    return chapters
+
+
+def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None = None, cache_dir: str | None = None,
+             data_root: str | None = None, device: str | None = None, html: bool = True,
+             record: bool = False, workers: int | None = None) -> Path:
+    """Execute every chapter for ``profile`` (a built-in name, a TOML profile file or a :class:`Profile`) into
+    ``out`` and build the HTML; returns summary.json's path. The profile's resolved settings are written to
+    ``<out>/profile.toml``; a profile that is not a built-in one reaches the chapters as that file.
+
+    ``record``: after a successful build, also copy summary.json to ``results/<profile>/summary.json``.
+    ``workers``: processes for the chapters' cache-filling jobs (``$ATLIB_WORKERS``; see :mod:`atlib.training.pool`).
+    Bad input fails before anything runs or is written: BadInputError, DeviceError, DataNotFoundError.
+    """
+    p = get_profile(profile)
+    dev, n_workers, out_dir = _preflight(p, out, device, data_root, workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     pages.copy_pages(out_dir)
     results = out_dir / "results"
     shutil.rmtree(results, ignore_errors=True)
     shutil.rmtree(out_dir / "_failed", ignore_errors=True)
-    shown = results.relative_to(REPO) if results.is_relative_to(REPO) else results  # no home paths in the book
-    params = {"profile": p.name, "results_dir": str(shown), "cache_dir": cache_dir, "data_root": data_root,
+    settings = out_dir / "profile.toml"
+    settings.write_text(profile_toml(p), encoding="utf-8")
+    builtin = PROFILES.get(p.name) == p
+    params = {"profile": p.name if builtin else str(_shown(settings)), "results_dir": str(_shown(results)), "cache_dir": cache_dir, "data_root": data_root,
               "device": str(dev)}
     os.environ.setdefault("ATLIB_PROGRESS", "0")  # tqdm bars are noise in the rendered book
     os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO), os.environ.get("PYTHONPATH")) if x)
@@ -277,24 +338,12 @@ def run_book(profile: str, out: str | os.PathLike | None = None, cache_dir: str 
     t0 = time.perf_counter()
     print(f"atbook: profile {p.name!r} on {device_name(dev)}, {n_workers} worker process(es) for cached jobs, "
           f"{len(srcs)} chapters → {out_dir}", flush=True)
-    chapters = {}
-    with shared_kernel(out_dir) as km:
-        for i, src in enumerate(srcs, 1):
-            tc = time.perf_counter()
-            print(f"[{i}/{len(srcs)}] {src.stem} ...", end=" ", flush=True)
-            try:
-                done = execute_chapter(src, out_dir, params, km)
-            except BookError:
-                print(f"FAILED after {time.perf_counter() - tc:.0f}s", flush=True)
-                raise
-            prov = provenance(p, machine, commit, time.perf_counter() - tc)
-            pages.finish_chapter(done, prov, str(src.relative_to(REPO)) if src.is_relative_to(REPO) else src.name)
-            chapters[src.stem] = prov.as_dict()
-            print(f"done in {time.perf_counter() - tc:.0f}s (total {time.perf_counter() - t0:.0f}s)", flush=True)
+    chapters = _run_chapters(srcs, out_dir, params, (p, machine, commit), t0)
     shutil.rmtree(out_dir / "_executing", ignore_errors=True)
     summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": machine,
                                       "git_commit": commit, "executed_at": started, "workers": n_workers,
-                                      "elapsed_s": round(time.perf_counter() - t0, 1), "chapters": chapters})
+                                      "elapsed_s": round(time.perf_counter() - t0, 1), "chapters": chapters,
+                                      "settings": asdict(p)})
     print(f"summary: {summary}", flush=True)
     pages.write_ledger(out_dir, json.loads(summary.read_text()), tuple(PROFILES))
     if html:
@@ -314,7 +363,7 @@ def render_book(out: str | os.PathLike | None = None) -> Path:
     out_dir = Path(out).resolve() if out is not None else REPO / "book"
     missing = [s.stem for s in chapter_sources() if not (out_dir / f"{s.stem}.ipynb").exists()]
     if missing:
-        raise BookError(f"{out_dir} lacks the executed notebooks of {', '.join(missing)}: run `python -m atlib book` "
+        raise BadInputError(f"{out_dir} lacks the executed notebooks of {', '.join(missing)}: run `python -m atlib book` "
                         f"(with --out {out_dir} if it is not the default folder) first")
     pages.copy_pages(out_dir)
     current = out_dir / "summary.json"

@@ -21,6 +21,14 @@ LOSSES = ("ce", "margin")
 SCHEDULES = ("constant", "cosine")
 
 
+MADRY_STEP = 2.5  # Madry et al. 2018: PGD steps of 2.5·ε/steps, enough to cross the ball from any start
+
+
+def madry_step(eps: float | Tensor, steps: int) -> float | Tensor:
+    """The step size 2.5·ε/steps of Madry et al.'s PGD (``eps`` a number or a per-sample tensor)."""
+    return MADRY_STEP * eps / max(steps, 1)
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """A PGD threat model and its optimiser settings (pixel space, inputs in [0, 1])."""
@@ -59,7 +67,7 @@ class AttackConfig:
     @classmethod
     def madry(cls, norm: str, eps: float, steps: int, **kw: object) -> "AttackConfig":
         """Step size 2.5·ε/steps (Madry et al. 2018), enough to cross the ball from any start."""
-        return cls(norm, eps, steps, 2.5 * eps / max(steps, 1), **kw)  # type: ignore[arg-type]
+        return cls(norm, eps, steps, madry_step(eps, steps), **kw)  # type: ignore[arg-type]
 
     @classmethod
     def cosine(cls, norm: str, eps: float, steps: int, **kw: object) -> "AttackConfig":
@@ -218,12 +226,12 @@ def make_attack(model: nn.Module, cfg: AttackConfig) -> PGD:
 def pgd_linf(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, step_size: float | None = None,
              loss: str = "ce", generator: torch.Generator | None = None, **kw: object) -> Tensor:
     """L∞ PGD; ``step_size`` defaults to 2.5·ε/steps."""
-    cfg = AttackConfig("linf", eps, steps, step_size if step_size is not None else 2.5 * eps / max(steps, 1), loss, **kw)  # type: ignore[arg-type]
+    cfg = AttackConfig("linf", eps, steps, step_size if step_size is not None else madry_step(eps, steps), loss, **kw)  # type: ignore[arg-type]
     return PGDLinf(model, cfg)(x, y, generator)
 
 
 def pgd_l2(model: nn.Module, x: Tensor, y: Tensor, eps: float, steps: int, step_size: float | None = None,
            loss: str = "ce", generator: torch.Generator | None = None, **kw: object) -> Tensor:
     """L2 PGD; ``step_size`` defaults to 2.5·ε/steps."""
-    cfg = AttackConfig("l2", eps, steps, step_size if step_size is not None else 2.5 * eps / max(steps, 1), loss, **kw)  # type: ignore[arg-type]
+    cfg = AttackConfig("l2", eps, steps, step_size if step_size is not None else madry_step(eps, steps), loss, **kw)  # type: ignore[arg-type]
     return PGDL2(model, cfg)(x, y, generator)

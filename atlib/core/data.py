@@ -1,7 +1,8 @@
 """Datasets as tensors resident on the compute device, with their provenance and a fingerprint.
 
-Sources, in order: an explicit root (``data_root`` argument or ``$ATLIB_DATA``), the Debian package
-path for Fashion-MNIST, then torchvision's download. Images are float32 in [0, 1], NCHW; the
+Sources, in order: an explicit root (``data_root`` argument, else ``$ATLIB_DATA``), the Debian package
+path for Fashion-MNIST, then torchvision's download. An explicit root must exist and hold the dataset (else
+DataNotFoundError, listing the files looked for): a typo never falls back silently to another copy. Images are float32 in [0, 1], NCHW; the
 per-channel mean/std travel with the data so the model normalises *inside* itself (attacks work in
 pixel space). Augmentation (random crop with padding, horizontal flip) runs as batched tensor ops.
 """
@@ -45,6 +46,50 @@ _HOW_TO_GET = {
 
 class DataNotFoundError(FileNotFoundError):
     """The dataset is in none of the places atlib looks; the message says how to get it."""
+
+
+_TV_CLASS = {"fashion": "FashionMNIST", "mnist": "MNIST"}  # torchvision's folder names (<root>/<Class>/raw)
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+
+
+def _layouts(name: str) -> str:
+    """What a data root must hold for ``name``, in words."""
+    if name == "cifar10":
+        return f"{CIFAR_DIR}/ with {', '.join(CIFAR_FILES)}"
+    return (f"the four idx files {', '.join(IDX_FILES)} (each may end in .gz), directly in it or in "
+            f"{_TV_CLASS[name]}/raw/ (torchvision's layout)")
+
+
+def _missing_files(name: str, root: Path) -> list[str]:
+    """The files of ``name`` that ``root`` lacks, in its most complete layout (empty: it holds the dataset)."""
+    if name == "cifar10":
+        return [f"{CIFAR_DIR}/{f}" for f in CIFAR_FILES if not (root / CIFAR_DIR / f).is_file()]
+    layouts = [[f"{prefix}{stem}" for stem in IDX_FILES
+                if not ((root / prefix / stem).is_file() or (root / prefix / f"{stem}.gz").is_file())]
+               for prefix in ("", f"{_TV_CLASS[name]}/raw/")]
+    return min(layouts, key=len)
+
+
+def check_data_root(name: str, data_root: str | os.PathLike | None = None) -> Path | None:
+    """The data root the user named for dataset ``name`` (``data_root``, else ``$ATLIB_DATA``), checked: it must
+    exist and hold the dataset in a layout atlib reads, else DataNotFoundError says what was looked for. None
+    when none was named, or for ``digits`` (bundled with scikit-learn: a data root does not matter)."""
+    via = "--data-root" if data_root else "$ATLIB_DATA"
+    named = data_root or os.environ.get("ATLIB_DATA")
+    if not named or name == "digits":
+        return None
+    root = Path(named).expanduser()
+    if not root.is_dir():
+        problem = "does not exist" if not root.exists() else "is not a folder"
+    elif missing := _missing_files(name, root):
+        found = len(IDX_FILES if name != "cifar10" else CIFAR_FILES) - len(missing)
+        problem = (f"holds none of the {name} files" if not found else
+                   f"lacks {', '.join(missing)}")
+    else:
+        return root
+    raise DataNotFoundError(f"{name}: the data root {root} ({via}) {problem}. atlib reads {_layouts(name)}. "
+                            f"Leave out {via} to use the default places, or to get the data: {_HOW_TO_GET[name]}.")
 
 
 @dataclass(frozen=True)
@@ -231,13 +276,15 @@ def default_download_root() -> Path:
 def load_dataset(name: str, data_root: str | os.PathLike | None = None, download: bool | None = None) -> Data:
     """Load a dataset by name from the first source that has it (see module docstring).
 
-    ``download`` defaults to True unless ``$ATLIB_NO_DOWNLOAD`` is set.
+    ``data_root`` (else ``$ATLIB_DATA``), when given, must hold the dataset (:func:`check_data_root`); ``digits``
+    ignores it. ``download`` defaults to True unless ``$ATLIB_NO_DOWNLOAD`` is set.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     if name == "digits":
         return load_digits_data()
-    roots = [Path(p) for p in (data_root, os.environ.get("ATLIB_DATA")) if p]
+    root = check_data_root(name, data_root)  # a named root that lacks the data is an error, never skipped
+    roots = [root] if root is not None else []
     if name == "fashion":
         roots.append(DEBIAN_FASHION)
     if download is None:

@@ -12,7 +12,7 @@ import torch
 
 from atlib.core import stats
 
-STATS = {"max logit": stats.max_logit, "centred max logit": stats.centred_max_logit, "logit gap": stats.logit_gap}
+STATS = {stats.STAT_LABELS[k]: fn for k, fn in stats.LOGIT_STATISTICS.items()}  # label -> per-sample statistic
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 BOOK_WIDTH = 7.8  # inches: at the dpi of ``save`` this is about the book's text column, so 8-pt text stays legible
 

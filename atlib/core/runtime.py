@@ -8,20 +8,44 @@ import numpy as np
 import torch
 
 
+class DeviceError(ValueError):
+    """A device that cannot be used here (malformed, or CUDA where there is none); the message says what to do."""
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """``name`` if given (``cpu``, ``cuda``, ``cuda:1``), else ``$ATLIB_DEVICE``, else CUDA if available
-    (under ``torchrun``: ``cuda:$LOCAL_RANK``), else the CPU."""
-    name = name or os.environ.get("ATLIB_DEVICE")
+    (under ``torchrun``: ``cuda:$LOCAL_RANK``), else the CPU. A device that cannot be used raises DeviceError."""
     if name:
-        dev = torch.device(name)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
-        return dev
+        return _named_device(name, "--device")
+    if os.environ.get("ATLIB_DEVICE"):
+        return _named_device(os.environ["ATLIB_DEVICE"], "$ATLIB_DEVICE")
     if not torch.cuda.is_available():
         return torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one GPU per local rank
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cuda")
+
+
+def _named_device(name: str, via: str) -> torch.device:
+    """The device ``name`` (given by ``via``: --device or $ATLIB_DEVICE), if it is a CPU or an available GPU."""
+    arg = via == "--device"
+    what = f"device {name!r}" if arg else f"{via}={name!r}"
+    omit = f"{'leave out' if arg else 'unset'} {via} (CUDA when present, else the CPU)"
+    pass_ = "pass" if arg else "set it to"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"{what} is not a device atlib runs on: {pass_} cpu, cuda or cuda:N (N: the GPU's "
+                          f"index), or {omit}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"{what} asks for a GPU, but CUDA is not available on this machine (torch "
+                          f"{torch.__version__}): {omit}, or {pass_} cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"{what}: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0: "
+                          f"{omit}, or {pass_} cuda:0")
+    return dev
 
 
 def rank_world() -> tuple[int, int]:

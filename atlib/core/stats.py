@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,19 @@ def logit_gap(z: Tensor) -> Tensor:
 def centred_max_logit(z: Tensor) -> Tensor:
     """Max logit minus the sample's mean logit: the shift-invariant version of the max logit."""
     return z.max(dim=1).values - z.mean(dim=1)
+
+
+# The per-sample logit statistics the book compares, and their names in every table and figure
+# (``logit_summary`` reports each as ``mean_<key>``).
+LOGIT_STATISTICS: dict[str, Callable[[Tensor], Tensor]] = {
+    "max_logit": max_logit, "centred_max_logit": centred_max_logit, "logit_gap": logit_gap}
+STAT_LABELS = {"max_logit": "max logit", "centred_max_logit": "centred max logit", "logit_gap": "logit gap",
+               "margin_correct": "margin (correct only)"}
+
+
+def stat_label(key: str) -> str:
+    """The display name of a logit statistic, by key (``logit_gap``) or summary key (``mean_logit_gap``)."""
+    return STAT_LABELS[key.removeprefix("mean_")]
 
 
 def margin(z: Tensor, y: Tensor) -> Tensor:

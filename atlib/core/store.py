@@ -1,21 +1,24 @@
 """Content-addressed artifact cache: trained models, histories and logits, keyed by their full config.
 
 A key hashes the config (dataset, model, attack, schedule, seed, ...), a code version (a hash of the
-source of the modules that produce the artifact) and the data fingerprint, so a fix to the training
-code or the data never serves a stale artifact. Each file carries a magic line and the SHA-256 of its
+source of every atlib module in the import closure of the functions that produce the artifact,
+:func:`code_version_of`) and the data fingerprint, so a fix to the training code or the data never
+serves a stale artifact. Each file carries a magic line and the SHA-256 of its
 payload: a truncated or corrupt file is detected, moved aside (``*.corrupt``, kept for inspection) and
 recomputed, never served. Writes go to a temp file in the same folder, then ``os.replace``.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import io
 import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -41,12 +44,101 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ATLIB_CACHE") or Path.home() / ".cache" / "atlib")
 
 
-def code_version(modules: Iterable[ModuleType]) -> str:
-    """Hash of the given modules' source files: any change to them changes every key that uses it."""
+CODE_PACKAGE = "atlib"  # only this package's modules enter a code version; third-party code is pinned apart
+_ROOT = Path(__file__).resolve().parent.parent  # the imported atlib folder: names resolve here, never hashed
+
+
+def _module_file(name: str) -> Path | None:
+    """Source file of the atlib module ``name`` (``x/y.py`` or ``x/y/__init__.py``); None if it is no module.
+
+    Resolved against this checkout's ``atlib`` folder, whose path never enters a hash."""
+    parts = name.split(".")
+    if parts[0] != CODE_PACKAGE:
+        return None
+    folder = _ROOT.joinpath(*parts[1:])
+    candidates = [folder / "__init__.py"] if len(parts) == 1 else [folder.parent / f"{parts[-1]}.py",
+                                                                   folder / "__init__.py"]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _imported_names(name: str, is_package: bool, tree: ast.AST) -> set[str]:
+    """Every dotted name the module imports anywhere (function bodies too), relative imports made absolute.
+
+    ``from a.b import c`` yields ``a.b`` and ``a.b.c``: the latter counts only where ``c`` is a module."""
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[:len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _module_info(name: str) -> tuple[str, tuple[str, ...]]:
+    """``(sha256 of the source, atlib modules it imports or sits in)`` of one atlib module, read once per process.
+
+    Line endings are normalised, so a CRLF checkout hashes as an LF one."""
+    path = _module_file(name)
+    if path is None:
+        raise ValueError(f"{name!r} is not a module of the {CODE_PACKAGE} package")
+    source = path.read_bytes().replace(b"\r\n", b"\n")
+    names = _imported_names(name, path.name == "__init__.py", ast.parse(source))
+    parts = name.split(".")
+    names.update(".".join(parts[:i]) for i in range(1, len(parts)))  # its packages' __init__ run on import
+    deps = sorted(n for n in names if n != name and _module_file(n) is not None)
+    return hashlib.sha256(source).hexdigest(), tuple(deps)
+
+
+def _target_module(target: Any) -> str:
+    """The module name of a target: a module, a module's dotted name, or a function/class (``__module__``)."""
+    if isinstance(target, ModuleType):
+        return target.__name__
+    if isinstance(target, str):
+        return target
+    name = getattr(target, "__module__", None)
+    if not isinstance(name, str):
+        raise TypeError(f"cannot tell which module defines {target!r}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _closure(roots: tuple[str, ...]) -> tuple[str, ...]:
+    """The sorted transitive atlib imports of the modules ``roots``, these included (memoised per root set)."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_module_info(name)[1])
+    return tuple(sorted(seen))
+
+
+def import_closure(*targets: Any) -> tuple[str, ...]:
+    """Sorted names of every atlib module that the targets' defining modules import, transitively (themselves too).
+
+    Read from the source with :mod:`ast`, not from ``sys.modules``: what a module imports inside a function
+    counts although it may not have run yet."""
+    if not targets:
+        raise ValueError("import_closure needs at least one function or module")
+    return _closure(tuple(sorted({_target_module(t) for t in targets})))
+
+
+def code_version_of(*targets: Any) -> str:
+    """Short hash of the source of every module in :func:`import_closure` of ``targets``: the code version of
+    an artifact that these functions/modules produce. Names and contents only, sorted: the same in every
+    process and checkout; any edit to a module they (transitively) import changes it."""
     h = hashlib.sha256()
-    for m in sorted(modules, key=lambda m: m.__name__):
-        h.update(m.__name__.encode())
-        h.update(Path(m.__file__ or "").read_bytes())
+    for name in import_closure(*targets):
+        h.update(f"{name}\0{_module_info(name)[0]}\n".encode())
     return h.hexdigest()[:12]
 
 

@@ -5,16 +5,27 @@ available, so every one of these is a reconstruction, and the book says so.
 """
 from __future__ import annotations
 
+import os
+import tomllib
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from atlib.core.attacks import AttackConfig
+from atlib.core.config import ConfigError, from_table, to_toml
+from atlib.core.data import DATASETS
+from atlib.core.models import ARCHS
+from atlib.studies.audit.settings import AuditSettings
+from atlib.studies.confidence.settings import ConfidenceSettings
+from atlib.studies.distillation.settings import DistillSettings
+from atlib.studies.theory.settings import DeepSettings, GaussianSettings, LinearSettings, TheorySettings
 from atlib.training.train import TrainConfig
 
 DEFAULT_PROFILE = "fashion"
 
 
-class UnknownProfileError(ValueError):
-    """Raised for a profile name that is not defined here; the message lists the valid ones."""
+class UnknownProfileError(ConfigError):
+    """A profile name that is not defined here, or a profile file that cannot be used; the message says why
+    and lists the valid names."""
 
 
 @dataclass(frozen=True)
@@ -36,54 +47,12 @@ class ModelSpec:
         return f"AT {'L∞' if self.norm == 'linf' else 'L2'} ε={self.eps:.4g}"
 
 
-@dataclass(frozen=True)
-class DistillSettings:
-    """Chapter 04 (distillation on clean inputs): the students, their schedule and the evaluation budget.
-
-    ``lrs[i]`` is the peak learning rate at ``temperatures[i]``: T and lr are chosen together (the
-    batchmean KL's gradient grows with T up to the centred logit difference / K). Students use the
-    profile's architecture at ``student_width``, SGD as in ``train.train`` and the profile's weight decay.
-    """
-
-    temperatures: tuple[float, ...] = (4.0, 30.0)
-    lrs: tuple[float, ...] = (0.02, 0.01)
-    alpha: float = 1.0  # KL weight (ARD's default); the hard-label control is alpha = 0 (plain CE)
-    student_width: int | None = 8  # None: the teachers' width
-    epochs: int = 4
-    batch_size: int = 128
-    eval_subset: int = 500  # the first N of the profile's evaluation subset
-    few_steps: int = 10  # PGD-CE steps of the "fewer steps" check
-    many_steps: int = 50  # PGD-CE steps run on the PGD-20 survivors
-    sweep_eps: tuple[float, ...] = (0.2, 0.3, 0.5)  # L∞ ε above the main one, attacked on survivors; ends at 0.5
-    remove_margin: float = 0.10  # an ablation "removes" robustness if its paired drop exceeds this (CI > 0)
-    equivalence_margin: float = 0.05  # ... and "keeps" it if the paired CI lies within ± this
-
-    def __post_init__(self) -> None:
-        if not self.temperatures or len(self.lrs) != len(self.temperatures):
-            raise ValueError(f"need one lr per temperature: temperatures={self.temperatures}, lrs={self.lrs}")
-        if any(not 0 < t < float("inf") for t in self.temperatures) or any(not lr > 0 for lr in self.lrs):
-            raise ValueError(f"temperatures and lrs must be finite and > 0: {self.temperatures}, {self.lrs}")
-        if not 0 <= self.alpha <= 1 or self.epochs < 1 or self.batch_size < 1 or self.eval_subset < 1:
-            raise ValueError("bad distillation settings: alpha in [0, 1], epochs, batch_size, eval_subset >= 1")
-        if not 0 < self.few_steps < self.many_steps:
-            raise ValueError(f"need 0 < few_steps ({self.few_steps}) < many_steps ({self.many_steps})")
-        if not self.sweep_eps or self.sweep_eps[-1] != 0.5 or list(self.sweep_eps) != sorted(set(self.sweep_eps)):
-            raise ValueError(f"sweep_eps={self.sweep_eps!r} must increase and end at L∞ 0.5 (where accuracy must be at chance)")
-        if not (0 < self.equivalence_margin <= self.remove_margin):
-            raise ValueError(f"need 0 < equivalence_margin ({self.equivalence_margin}) <= remove_margin "
-                             f"({self.remove_margin})")
-
-    def lr_at(self, T: float) -> float:
-        """The learning rate chosen for temperature ``T``."""
-        for t, lr in zip(self.temperatures, self.lrs):
-            if t == T:
-                return lr
-        raise ValueError(f"T={T!r} is not one of this profile's temperatures {self.temperatures}")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Profile:
-    """A complete, named experimental setting."""
+    """A complete, named experimental setting: chapter 02's models at the top level, every other chapter's
+    settings nested under its name (``theory``, ``confidence``, ``distill``, ``audit``). Nothing in atlib looks
+    a setting up by profile name: a derived profile (``dataclasses.replace`` or a TOML file, see
+    :mod:`atlib.studies.profile_file`) runs the whole book."""
 
     name: str
     description: str
@@ -106,7 +75,30 @@ class Profile:
     meant_for: str = "cpu"
     pool_jobs: bool = True  # CPU: train independent models in worker processes (atlib.training.pool); off where jobs take ~1 s
     fast: bool = False  # on CUDA: train with atlib's fast path (bf16 autocast, channels_last, fused SGD, compile)
+    theory: TheorySettings  # chapter 01
+    confidence: ConfidenceSettings  # chapter 03
     distill: DistillSettings = DistillSettings()  # chapter 04
+    audit: AuditSettings  # chapter 05
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS or self.arch not in ARCHS or self.meant_for not in ("cpu", "gpu"):
+            raise ValueError(f"dataset={self.dataset!r} (one of {', '.join(DATASETS)}), arch={self.arch!r} (one of "
+                             f"{', '.join(ARCHS)}), meant_for={self.meant_for!r} (cpu or gpu)")
+        counts = {"epochs": self.epochs, "batch_size": self.batch_size, "train_steps": self.train_steps,
+                  "eval_steps": self.eval_steps, "width": self.width or 1, "train_subset": self.train_subset or 1,
+                  "eval_subset": self.eval_subset or 1}
+        if bad := {k: v for k, v in counts.items() if v < 1}:
+            raise ValueError(f"{bad}: each must be a whole number >= 1" + " (or \"none\": all)" * ("subset" in str(bad)))
+        if not (self.lr > 0 and self.weight_decay >= 0 and self.linf_eps > 0 and self.l2_eps > 0
+                and min(self.linf_sweep, default=-1) >= 0):
+            raise ValueError(f"need lr > 0, weight_decay >= 0, linf_eps > 0, l2_eps > 0 and a non-empty linf_sweep "
+                             f"of ε >= 0 (got lr={self.lr}, weight_decay={self.weight_decay}, linf_eps={self.linf_eps}, "
+                             f"l2_eps={self.l2_eps}, linf_sweep={self.linf_sweep})")
+        if self.distill.sweep_eps[0] <= self.linf_eps:
+            raise ValueError(f"distill.sweep_eps={self.distill.sweep_eps} must start above the profile's "
+                             f"L∞ ε (linf_eps={self.linf_eps})")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds={self.seeds!r}: need at least one seed, each once")
 
     def with_seeds(self, seeds: tuple[int, ...] | list[int]) -> "Profile":
         return replace(self, seeds=tuple(int(s) for s in seeds))
@@ -140,37 +132,110 @@ class Profile:
         }
 
 
+# Chapter 01's control grids: two or three strengths per control (two on fashion, for time), spread around the
+# strength a rough argument predicts for the AT model's gap (temperature T ≈ gap_AT / gap_std; label smoothing's
+# optimal gap log((1-α+α/K)/(α/K))).
+SMOKE_GRIDS = (("label_smoothing", (0.002, 0.01, 0.03)), ("logit_squeeze", (0.0001, 0.0005, 0.002)),
+               ("loss_temperature", (0.6, 0.8, 0.95)))
+FASHION_GRIDS = (("label_smoothing", (0.1, 0.25)), ("logit_squeeze", (0.02, 0.08)), ("loss_temperature", (0.3, 0.5)))
+FULL_CONFIDENCE = ConfidenceSettings("train", 0, (10, 50, 100), 8, 50)  # selection on the training images
+
 PROFILES: dict[str, Profile] = {p.name: p for p in (
-    Profile("smoke", "scikit-learn's bundled 8×8 digits and a small MLP: the whole book in seconds, for tests",
+    Profile(name="smoke", description="scikit-learn's bundled 8×8 digits and a small MLP: the whole book in "
+            "seconds, for tests",
             dataset="digits", arch="mlp", width=64, train_subset=None, eval_subset=None, seeds=(0, 1),
             epochs=20, batch_size=64, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=0.5, train_steps=5, eval_steps=20,
             pool_jobs=False,  # each job ~1 s, a worker's start ~4 s: measured slower pooled
-            distill=DistillSettings(student_width=32, epochs=6, batch_size=128, lrs=(0.03, 0.015), eval_subset=200)),
-    Profile("fashion", "Fashion-MNIST, a small stride-2 CNN, a 10k training subset and a fixed 1k evaluation "
-            "subset: the default book, minutes on a 2-core CPU",
+            theory=TheorySettings(
+                linear=LinearSettings(n_train=1000, epochs=8, batch_size=200, lr=0.2, weight_decay=5e-4,
+                                      eps_sweep=(0.0, 0.05, 0.1, 0.2, 0.3), pgd_steps=5),
+                deep=DeepSettings(n_flip=100, flip_steps=10, bisect_iters=7, eps_max=0.5, n_calib=500,
+                                  grids=SMOKE_GRIDS),
+                gaussian=GaussianSettings(n_train=3000, n_test=3000, steps=500, eps_sweep=(0.0, 0.2, 0.4, 0.6, 0.8))),
+            confidence=ConfidenceSettings("train", 0, (10, 50), 8, 30),
+            distill=DistillSettings(student_width=32, epochs=6, batch_size=128, lrs=(0.03, 0.015), eval_subset=200),
+            # chapter 04's students of the first seed only (every recipe), for the book's time budget
+            audit=AuditSettings(main_subset=None, masking_subset=200, apgd_steps=20, student_seeds=1)),
+    Profile(name="fashion", description="Fashion-MNIST, a small stride-2 CNN, a 10k training subset and a fixed "
+            "1k evaluation subset: the default book, minutes on a 2-core CPU",
             dataset="fashion", arch="small_cnn", width=16, train_subset=10_000, eval_subset=1000, seeds=(0, 1, 2),
             epochs=6, batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
-            linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=1.0, train_steps=5, eval_steps=20),
-    Profile("mnist", "MNIST, a wider small CNN on the full training set, L∞ ε=0.3 (Madry et al.'s setting)",
+            linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=1.0, train_steps=5, eval_steps=20,
+            theory=TheorySettings(
+                linear=LinearSettings(n_train=2000, epochs=6, batch_size=200, lr=0.05, weight_decay=5e-4,
+                                      eps_sweep=(0.0, 0.05, 0.1, 0.15, 0.2), pgd_steps=5),
+                deep=DeepSettings(n_flip=200, flip_steps=10, bisect_iters=8, eps_max=0.5, n_calib=1000,
+                                  grids=FASHION_GRIDS)),
+            confidence=ConfidenceSettings("holdout", 1000, (10, 50, 100), 8, 50),
+            # chapter 04's students of the first seed only (every recipe), for the book's time budget
+            audit=AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=25, restarts=3, student_seeds=1)),
+    Profile(name="mnist", description="MNIST, a wider small CNN on the full training set, L∞ ε=0.3 (Madry et al.'s "
+            "setting)",
             dataset="mnist", arch="small_cnn", width=32, train_subset=None, eval_subset=1000, seeds=(0, 1, 2),
             epochs=10, batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.3, linf_sweep=(0.0, 0.15, 0.3), l2_eps=2.0, train_steps=10, eval_steps=40,
-            distill=DistillSettings(student_width=16, epochs=6, sweep_eps=(0.4, 0.5))),
-    Profile("cifar10", "CIFAR-10, PreActResNet-18 (CIFAR stem), PGD-10 L∞ 8/255 training: the paper's scale, "
-            "for a GPU", dataset="cifar10", arch="preact_resnet18", width=64, train_subset=None, eval_subset=1000,
+            theory=TheorySettings(
+                linear=LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.05, weight_decay=5e-4,
+                                      eps_sweep=(0.0, 0.05, 0.1, 0.2, 0.3), pgd_steps=10),
+                deep=DeepSettings(n_flip=200, flip_steps=20, bisect_iters=8, eps_max=0.5, n_calib=1000)),
+            confidence=FULL_CONFIDENCE,
+            distill=DistillSettings(student_width=16, epochs=6, sweep_eps=(0.4, 0.5)),
+            audit=AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100)),
+    Profile(name="cifar10", description="CIFAR-10, PreActResNet-18 (CIFAR stem), PGD-10 L∞ 8/255 training: the "
+            "paper's scale, for a GPU",
+            dataset="cifar10", arch="preact_resnet18", width=64, train_subset=None, eval_subset=1000,
             seeds=(0, 1, 2), epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, augment=True,
             linf_eps=8 / 255, linf_sweep=(0.0, 4 / 255, 8 / 255), l2_eps=0.5, train_steps=10, eval_steps=20,
-            meant_for="gpu", fast=True, distill=DistillSettings(student_width=32, epochs=20, sweep_eps=(16 / 255, 0.1, 0.5))),
+            meant_for="gpu", fast=True,
+            theory=TheorySettings(
+                linear=LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.02, weight_decay=5e-4,
+                                      eps_sweep=(0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255), pgd_steps=10),
+                deep=DeepSettings(n_flip=500, flip_steps=20, bisect_iters=10, eps_max=32 / 255, n_calib=2000)),
+            confidence=FULL_CONFIDENCE,
+            distill=DistillSettings(student_width=32, epochs=20, sweep_eps=(16 / 255, 0.1, 0.5)),
+            audit=AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100)),
 )}
 
 
-def get_profile(name: str | Profile) -> Profile:
-    """The profile called ``name``; an unknown name raises an error listing the valid ones."""
+def get_profile(name: str | os.PathLike | Profile) -> Profile:
+    """The profile ``name``: a built-in one by name, or a TOML profile file (``*.toml``, see
+    :func:`load_profile`); an unknown name raises an error listing the valid ones."""
     if isinstance(name, Profile):
         return name
+    if str(name).endswith(".toml") or Path(name).is_file():
+        return load_profile(name)
     try:
-        return PROFILES[name]
+        return PROFILES[str(name)]
     except KeyError:
-        raise UnknownProfileError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)} "
-                                  f"(default: {DEFAULT_PROFILE})") from None
+        raise UnknownProfileError(f"unknown profile {str(name)!r}; valid profiles: {', '.join(PROFILES)} "
+                                  f"(default: {DEFAULT_PROFILE}), or a TOML profile file (*.toml)") from None
+
+
+def load_profile(path: str | os.PathLike) -> Profile:
+    """A profile from a TOML file: ``extends = "<built-in profile>"`` and any overrides in the nesting of
+    :class:`Profile` (top-level keys for chapter 02, ``[theory.linear]``, ``[confidence]``, ``[distill]``,
+    ``[audit]`` ...); without ``extends`` the file must give every setting (as :func:`profile_toml` writes).
+    ``name`` defaults to the file's stem. Unknown keys, wrong types and bad values raise
+    :class:`UnknownProfileError` naming the key and what it accepts."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UnknownProfileError(f"profile file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UnknownProfileError(f"profile file {path} is not valid TOML: {e}") from None
+    base_name = doc.pop("extends", None)
+    if base_name is not None and base_name not in PROFILES:
+        raise UnknownProfileError(f"{path}: extends = {base_name!r} is not a built-in profile; valid: "
+                                  f"{', '.join(PROFILES)}")
+    doc.setdefault("name", path.stem)
+    try:
+        return from_table(Profile, doc, PROFILES[base_name] if base_name else None)
+    except ConfigError as e:
+        raise UnknownProfileError(f"profile file {path}: {e}") from None
+
+
+def profile_toml(p: Profile) -> str:
+    """Every setting of ``p`` as a TOML profile file (no ``extends``): :func:`load_profile` reads it back equal."""
+    return to_toml(p, f"atbook profile {p.name!r}: every setting, resolved (python -m atlib book --profile FILE)")

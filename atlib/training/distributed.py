@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from atlib.core.attacks import Shard
-from atlib.core.runtime import rank_world
+from atlib.core.runtime import rank_world  # noqa: F401 (re-exported: atlib.training.distributed.rank_world)
 
 
 def init_from_env(device: torch.device | None = None) -> bool:

@@ -24,10 +24,8 @@ import torch
 from torch import nn
 
 from atlib.core import attacks
-from atlib.training import evaluate
-from atlib.training import train
 from atlib.core.attacks import AttackConfig
-from atlib.core.store import Store, artifact_key, code_version, model_hash, tensor_hash
+from atlib.core.store import Store, artifact_key, code_version_of, model_hash, tensor_hash
 from atlib.training.train import correct
 
 
@@ -61,9 +59,7 @@ def _cached(store: Store | None, cfg: dict[str, Any], data_fp: str, fn: Callable
     """``fn()``, through ``store`` when one is given; the key covers this module and the attack code."""
     if store is None:
         return fn(), False
-    import sys
-
-    code = code_version([sys.modules[__name__], attacks, evaluate, train])
+    code = code_version_of(__name__)  # this module's import closure: the checks, attacks, train
     return store.get_or_compute(artifact_key("masking", cfg, code, data_fp), fn, meta=cfg)
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from atlib.training import checkpoint as ckpt
 from atlib.training import distributed as ddp
 from atlib.core import stats
-from atlib.core.attacks import AttackConfig, make_attack
+from atlib.core.attacks import AttackConfig, Shard, make_attack
 from atlib.core.data import augment
 
 Tensor = torch.Tensor
@@ -84,26 +84,36 @@ def _bf16() -> torch.autocast:
     return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
-def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
-          monitor: tuple[Tensor, Tensor] | None = None, name: str = "model", progress: bool = True,
-          on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
-          checkpoint: str | Path | None = None, fast: bool = False,
-          compile_model: bool | None = None) -> list[dict]:
-    """Train ``model`` in place on (x, y) and return the per-epoch history.
+@dataclass
+class _Run:
+    """What every epoch of one :func:`train` call shares: data, the forward module, optimiser, RNGs, ranks."""
 
-    ``on_epoch_end(epoch, model, record)`` is called after each epoch (e.g. to keep snapshots).
-    ``checkpoint``: a file written atomically after every epoch (after ``on_epoch_end``); if it exists and
-    belongs to this run (same config, seed, data size and model shapes), training resumes after its last
-    epoch and ends bitwise-identical to an uninterrupted run on the CPU. A NaN or infinite loss raises
-    :class:`TrainingDiverged` naming the model, epoch and first bad batch, before anything is saved.
+    cfg: TrainConfig
+    name: str
+    x: Tensor
+    y: Tensor
+    net: nn.Module  # what the batches go through: the DDP wrapper, the compiled model or the model itself
+    opt: torch.optim.SGD
+    sched: torch.optim.lr_scheduler.LambdaLR
+    shuffle_gen: torch.Generator
+    attack_gen: torch.Generator
+    attack: Callable | None
+    fast: bool
+    rank: int
+    world: int
 
-    In an initialised ``torch.distributed`` process group (``torchrun``; see :mod:`atlib.training.distributed`) each
-    rank trains on its shard of every global batch of ``cfg.batch_size`` under DDP; only rank 0 writes
-    the checkpoint. Without one, nothing changes.
+    @property
+    def n(self) -> int:
+        return len(self.y)
 
-    ``fast`` turns on CUDA-only speed-ups (bf16 autocast, channels_last, fused SGD, and ``torch.compile``
-    unless ``compile_model`` is False or ``$ATLIB_COMPILE=0``); on the CPU it changes nothing (float32, eager).
-    """
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n / self.cfg.batch_size)
+
+
+def _setup(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int, name: str, fast: bool,
+           compile_model: bool | None) -> _Run:
+    """Layout, optimiser, one-cycle schedule, compiled forward, seeded generators, attack and DDP wrapper."""
     dev = x.device
     fast = fast and dev.type == "cuda"
     if fast and x.ndim == 4:
@@ -125,71 +135,140 @@ def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
     if world > 1 and min(bs, n - (steps_per_epoch - 1) * bs) < world:
         raise ValueError(f"{name}: every global batch needs at least one sample per rank ({world} ranks)")
     net = ddp.wrap(model, dev) if world > 1 else fwd  # DDP averages the update's gradients over ranks
-    history: list[dict] = []
+    return _Run(cfg, name, x, y, net, opt, sched, shuffle_gen, attack_gen, attack, fast, rank, world)
+
+
+def _resume(run: _Run, model: nn.Module, state: dict) -> tuple[int, list[dict]]:
+    """Restore model, optimiser, schedule and RNGs from a checkpoint; the epoch to start at and the history so far."""
+    model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    ckpt.set_rng_states(state["rng"], run.shuffle_gen, run.attack_gen)
+    return state["epoch"], state["history"]
+
+
+def _batch_loss(run: _Run, xb: Tensor, yb: Tensor, part: Shard | None) -> tuple[Tensor, Tensor]:
+    """(logits, loss) of one batch: PGD examples under AT, then the regularised CE."""
+    cfg = run.cfg
+    with _bf16() if run.fast else contextlib.nullcontext():
+        if run.attack is not None:
+            xb = run.attack(xb, yb, run.attack_gen, part)  # the attack runs per rank, on its shard only
+        logits = run.net(xb)
+        loss = F.cross_entropy(logits / cfg.loss_temperature, yb, label_smoothing=cfg.label_smoothing)
+        if cfg.logit_squeeze:
+            loss = loss + cfg.logit_squeeze * logits.pow(2).sum(1).mean()
+    return logits, loss
+
+
+def _epoch(run: _Run) -> tuple[Tensor, Tensor, Tensor]:
+    """One pass over a seeded permutation of the data: (summed loss, number correct, first non-finite batch or -1).
+
+    The three are device tensors, summed over ranks under DDP.
+    """
+    x, y, bs, dev = run.x, run.y, run.cfg.batch_size, run.x.device
+    run.net.train()
+    perm = torch.randperm(run.n, generator=run.shuffle_gen).to(dev)
+    loss_sum = torch.zeros((), device=dev)  # accumulated on device: no per-batch host sync
+    n_correct = torch.zeros((), device=dev)
+    first_bad = torch.full((), -1, device=dev)  # first batch with a non-finite loss, recorded without a sync
+    for b in range(run.steps_per_epoch):
+        idx = perm[b * bs:(b + 1) * bs]
+        xb, yb = x[idx], y[idx]
+        if run.cfg.augment:
+            xb = augment(xb, run.shuffle_gen)
+        part = ddp.shard(len(idx), run.rank, run.world) if run.world > 1 else None
+        if part is not None:  # this rank's rows; every rank drew the global batch's augmentation above
+            xb, yb = xb[part.start:part.stop], yb[part.start:part.stop]
+        logits, loss = _batch_loss(run, xb, yb, part)
+        run.opt.zero_grad(set_to_none=True)
+        # DDP averages per-rank means: weighting by shard size makes that the global batch's mean
+        (loss * (len(yb) * run.world / part.total) if part is not None else loss).backward()
+        run.opt.step()
+        run.sched.step()
+        loss_sum += loss.detach() * len(yb)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
+        n_correct += (logits.argmax(1) == yb).sum()
+    if run.world > 1:
+        first_bad = _reduce_over_ranks(run, loss_sum, n_correct, first_bad)
+    return loss_sum, n_correct, first_bad
+
+
+def _reduce_over_ranks(run: _Run, loss_sum: Tensor, n_correct: Tensor, first_bad: Tensor) -> Tensor:
+    """Sum ``loss_sum`` and ``n_correct`` over ranks in place; the earliest bad batch of any rank (or -1)."""
+    ddp.all_reduce(loss_sum)
+    ddp.all_reduce(n_correct)
+    never = torch.full_like(first_bad, run.steps_per_epoch)
+    first_bad = ddp.all_reduce(torch.where(first_bad < 0, never, first_bad), "min")
+    return torch.where(first_bad == run.steps_per_epoch, -1, first_bad)
+
+
+def _check_finite(run: _Run, train_loss: float, first_bad: Tensor, epoch: int) -> None:
+    """Raise :class:`TrainingDiverged` (naming the model, epoch and first bad batch) on a non-finite loss."""
+    if not math.isfinite(train_loss):
+        bad = int(first_bad)
+        where = f", first at batch {bad + 1} of {run.steps_per_epoch}" if bad >= 0 else ""
+        raise TrainingDiverged(f"{run.name}: training loss is {train_loss} at epoch {epoch + 1}{where}; "
+                               f"lower the learning rate (lr={run.cfg.lr}) or check the data")
+
+
+def _record(run: _Run, model: nn.Module, epoch: int, train_loss: float, n_correct: Tensor, t0: float,
+            monitor: tuple[Tensor, Tensor] | None) -> dict:
+    """The epoch's history entry: loss, accuracy, peak lr, seconds and the monitor set's logit statistics."""
+    rec = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": float(n_correct) / run.n,
+           "lr_peak": run.cfg.lr, "seconds": time.perf_counter() - t0}
+    if monitor is not None:
+        z = predict(model, monitor[0])
+        rec.update({f"monitor_{k}": v for k, v in stats.logit_summary(z, monitor[1].cpu()).items()})
+    return rec
+
+
+def _save(run: _Run, model: nn.Module, checkpoint: str | Path, fp: str, epoch: int, history: list[dict]) -> None:
+    """Write the checkpoint after ``epoch`` (0-based): everything :func:`_resume` needs to carry on."""
+    ckpt.save(checkpoint, {"fingerprint": fp, "epoch": epoch + 1, "history": history,
+                           "model": model.state_dict(), "optimizer": run.opt.state_dict(),
+                           "scheduler": run.sched.state_dict(),
+                           "rng": ckpt.rng_states(run.shuffle_gen, run.attack_gen)})
+
+
+def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
+          monitor: tuple[Tensor, Tensor] | None = None, name: str = "model", progress: bool = True,
+          on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
+          checkpoint: str | Path | None = None, fast: bool = False,
+          compile_model: bool | None = None) -> list[dict]:
+    """Train ``model`` in place on (x, y) and return the per-epoch history.
+
+    ``on_epoch_end(epoch, model, record)`` is called after each epoch (e.g. to keep snapshots).
+    ``checkpoint``: a file written atomically after every epoch (after ``on_epoch_end``); if it exists and
+    belongs to this run (same config, seed, data size and model shapes), training resumes after its last
+    epoch and ends bitwise-identical to an uninterrupted run on the CPU. A NaN or infinite loss raises
+    :class:`TrainingDiverged` naming the model, epoch and first bad batch, before anything is saved.
+
+    In an initialised ``torch.distributed`` process group (``torchrun``; see :mod:`atlib.training.distributed`) each
+    rank trains on its shard of every global batch of ``cfg.batch_size`` under DDP; only rank 0 writes
+    the checkpoint. Without one, nothing changes.
+
+    ``fast`` turns on CUDA-only speed-ups (bf16 autocast, channels_last, fused SGD, and ``torch.compile``
+    unless ``compile_model`` is False or ``$ATLIB_COMPILE=0``); on the CPU it changes nothing (float32, eager).
+    """
+    run = _setup(model, x, y, cfg, seed, name, fast, compile_model)
     start = 0
-    fp = ckpt.fingerprint(cfg, seed, n, model) if checkpoint is not None else ""
+    history: list[dict] = []
+    fp = ckpt.fingerprint(cfg, seed, run.n, model) if checkpoint is not None else ""
     if checkpoint is not None and (state := ckpt.load(checkpoint, fp)) is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        ckpt.set_rng_states(state["rng"], shuffle_gen, attack_gen)
-        start, history = state["epoch"], state["history"]
+        start, history = _resume(run, model, state)
     bar = tqdm(range(start, cfg.epochs), desc=name, disable=not progress, leave=False,
                initial=start, total=cfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
-        net.train()
-        perm = torch.randperm(n, generator=shuffle_gen).to(dev)
-        loss_sum = torch.zeros((), device=dev)  # accumulated on device: no per-batch host sync
-        correct = torch.zeros((), device=dev)
-        first_bad = torch.full((), -1, device=dev)  # first batch with a non-finite loss, recorded without a sync
-        for b in range(steps_per_epoch):
-            idx = perm[b * bs:(b + 1) * bs]
-            xb, yb = x[idx], y[idx]
-            if cfg.augment:
-                xb = augment(xb, shuffle_gen)
-            part = ddp.shard(len(idx), rank, world) if world > 1 else None
-            if part is not None:  # this rank's rows; every rank drew the global batch's augmentation above
-                xb, yb = xb[part.start:part.stop], yb[part.start:part.stop]
-            with _bf16() if fast else contextlib.nullcontext():
-                if attack is not None:
-                    xb = attack(xb, yb, attack_gen, part)  # the attack runs per rank, on its shard only
-                logits = net(xb)
-                loss = F.cross_entropy(logits / cfg.loss_temperature, yb, label_smoothing=cfg.label_smoothing)
-                if cfg.logit_squeeze:
-                    loss = loss + cfg.logit_squeeze * logits.pow(2).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            # DDP averages per-rank means: weighting by shard size makes that the global batch's mean
-            (loss * (len(yb) * world / part.total) if part is not None else loss).backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach() * len(yb)
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), b, first_bad)
-            correct += (logits.argmax(1) == yb).sum()
-        if world > 1:
-            ddp.all_reduce(loss_sum)
-            ddp.all_reduce(correct)
-            never = torch.full_like(first_bad, steps_per_epoch)
-            first_bad = ddp.all_reduce(torch.where(first_bad < 0, never, first_bad), "min")
-            first_bad = torch.where(first_bad == steps_per_epoch, -1, first_bad)
-        train_loss = float(loss_sum) / n
-        if not math.isfinite(train_loss):
-            bad = int(first_bad)
-            where = f", first at batch {bad + 1} of {steps_per_epoch}" if bad >= 0 else ""
-            raise TrainingDiverged(f"{name}: training loss is {train_loss} at epoch {epoch + 1}{where}; "
-                                   f"lower the learning rate (lr={cfg.lr}) or check the data")
-        rec = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": float(correct) / n,
-               "lr_peak": cfg.lr, "seconds": time.perf_counter() - t0}
-        if monitor is not None:
-            z = predict(model, monitor[0])
-            rec.update({f"monitor_{k}": v for k, v in stats.logit_summary(z, monitor[1].cpu()).items()})
+        loss_sum, n_correct, first_bad = _epoch(run)
+        train_loss = float(loss_sum) / run.n
+        _check_finite(run, train_loss, first_bad, epoch)
+        rec = _record(run, model, epoch, train_loss, n_correct, t0, monitor)
         history.append(rec)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, model, rec)
-        if checkpoint is not None and rank == 0:
-            ckpt.save(checkpoint, {"fingerprint": fp, "epoch": epoch + 1, "history": history,
-                                   "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "rng": ckpt.rng_states(shuffle_gen, attack_gen)})
+        if checkpoint is not None and run.rank == 0:
+            _save(run, model, checkpoint, fp, epoch, history)
         bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{rec['train_acc']:.3f}")
     model.eval()
     return history

@@ -30,14 +30,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from atlib.core import attacks
 from atlib.core import compat
 from atlib.training import evaluate
-from atlib.training import train
-from atlib.core.attacks import AttackConfig
-from atlib.training.masking import CHANCE_EPS, masking_checks, noise_threshold, same_family
+from atlib.core.attacks import AttackConfig, madry_step
+from atlib.training.masking import CHANCE_EPS, masking_checks, noise_threshold, same_family  # noqa: F401 (re-exported)
+from atlib.studies.audit.settings import AuditSettings
+from atlib.studies.audit.rules import attack_flags
 from atlib.core.runtime import progress_default
-from atlib.core.store import Store, artifact_key, code_version, model_hash, tensor_hash
+from atlib.core.store import Store, artifact_key, code_version_of, model_hash, tensor_hash
 from atlib.training.train import correct
 
 Tensor = torch.Tensor
@@ -51,63 +51,6 @@ ATTACKS = {
     "apgd_ce": "APGD-CE",
     "apgd_dlr": "APGD-DLR",
 }
-TORCHATTACKS_GAP = 0.01  # atlib PGD-CE may not exceed torchattacks PGD by more than 1 pp
-APGD_GAP = 0.02  # an atlib PGD may not exceed the APGD minimum by more than 2 pp
-
-
-class UnknownAuditProfileError(ValueError):
-    """No audit settings exist for this profile name; the message lists the valid ones."""
-
-
-@dataclass(frozen=True)
-class AuditSettings:
-    """How much attacking the audit does on one profile."""
-
-    main_subset: int | None  # samples of the main table: the first N of the evaluation subset (None: all)
-    masking_subset: int  # the first N of those for the masking checks
-    apgd_steps: int  # iterations of APGD-CE and APGD-DLR (AutoAttack uses 100)
-    apgd_restarts: int = 1
-    linf_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, CHANCE_EPS)  # masking sweep, must end at 0.5
-    sweep_steps: int = 20  # PGD-CE steps at each ε of the sweep (step 2.5·ε/steps)
-    few_steps: int = 10
-    many_steps: int = 50
-    restarts: int = 5  # random restarts of PGD-few in the restart check
-    diagnose_max: int = 3  # flagged models (at most) whose gap to APGD is diagnosed
-    student_seeds: int | None = None  # chapter 04's students of the first N seeds are audited (None: all)
-    batch_size: int = 500
-
-    def __post_init__(self) -> None:
-        if self.main_subset is not None and self.main_subset < 1:
-            raise ValueError(f"bad main_subset={self.main_subset!r}: at least 1 (or None for all)")
-        if self.masking_subset < 1:
-            raise ValueError(f"bad masking_subset={self.masking_subset!r}: at least 1")
-        if not self.linf_grid or self.linf_grid[0] != 0 or self.linf_grid[-1] != CHANCE_EPS \
-                or list(self.linf_grid) != sorted(set(self.linf_grid)):
-            raise ValueError(f"bad linf_grid={self.linf_grid!r}: increasing, from 0 to {CHANCE_EPS}")
-        if not 0 < self.few_steps < self.many_steps:
-            raise ValueError(f"bad steps: need 0 < few_steps ({self.few_steps}) < many_steps ({self.many_steps})")
-        if self.student_seeds is not None and self.student_seeds < 1:
-            raise ValueError(f"bad student_seeds={self.student_seeds!r}: at least 1 (or None for all)")
-        if self.restarts < 2 or self.apgd_steps < 1 or self.apgd_restarts < 1 or self.sweep_steps < 1:
-            raise ValueError("restarts must be >= 2, apgd_steps, apgd_restarts and sweep_steps >= 1")
-
-
-SETTINGS: dict[str, AuditSettings] = {
-    # smoke, fashion: chapter 04's students of the first seed only (every recipe), for the books' time budgets
-    "smoke": AuditSettings(main_subset=None, masking_subset=200, apgd_steps=20, student_seeds=1),
-    "fashion": AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=25, restarts=3, student_seeds=1),
-    "mnist": AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100),
-    "cifar10": AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100),
-}
-
-
-def get_settings(profile: str) -> AuditSettings:
-    """The audit settings of a profile; an unknown name raises an error listing the valid ones."""
-    try:
-        return SETTINGS[profile]
-    except KeyError:
-        raise UnknownAuditProfileError(f"no audit settings for profile {profile!r}; "
-                                       f"valid: {', '.join(SETTINGS)}") from None
 
 
 # ---------------------------------------------------------------- oracles
@@ -129,7 +72,7 @@ def oracle(name: str, model: nn.Module, cfg: AttackConfig, apgd_steps: int, apgd
     norm = "Linf" if cfg.norm == "linf" else "L2"
     if name == "ta_pgd":  # torchattacks has a fixed step only: the evaluated one, or Madry's for a cosine schedule
         cls = ta.PGD if cfg.norm == "linf" else ta.PGDL2
-        alpha = cfg.step_size if cfg.schedule == "constant" else 2.5 * cfg.eps / max(cfg.steps, 1)
+        alpha = cfg.step_size if cfg.schedule == "constant" else madry_step(cfg.eps, cfg.steps)
         return cls(model, eps=cfg.eps, alpha=alpha, steps=cfg.steps, random_start=cfg.random_start)
     if name in ("apgd_ce", "apgd_dlr"):
         return ta.APGD(model, norm=norm, eps=cfg.eps, steps=apgd_steps, n_restarts=apgd_restarts, seed=seed,
@@ -173,25 +116,11 @@ def worst_case(robust: Mapping[str, Tensor]) -> Tensor:
     return out
 
 
-def attack_flags(acc: Mapping[str, float]) -> list[str]:
-    """The main-table flags (see the module docstring) from accuracies in [0, 1]."""
-    flags = []
-    if acc["atlib_pgd_ce"] > acc["ta_pgd"] + TORCHATTACKS_GAP + 1e-9:
-        flags.append("pgd_ce_vs_torchattacks")
-    apgd = min(acc["apgd_ce"], acc["apgd_dlr"])
-    for k in ("atlib_pgd_ce", "atlib_pgd_margin"):
-        if acc[k] > apgd + APGD_GAP + 1e-9:
-            flags.append(f"{k.removeprefix('atlib_')}_vs_apgd")
-    return flags
-
-
 # ---------------------------------------------------------------- identities for the cache
 
 def _code(extra: Sequence[ModuleType] = ()) -> str:
-    import sys
-
-    mods = [sys.modules[__name__], attacks, evaluate, train, *extra]
-    return code_version(mods) + "-ta" + torchattacks_version()
+    """The import closure of this module (masking, attacks, evaluate, train) and of ``extra``, plus torchattacks."""
+    return code_version_of(__name__, *extra) + "-ta" + torchattacks_version()
 
 
 def _cached(store: Store | None, kind: str, cfg: dict[str, Any], data_fp: str, fn: Callable[[], dict],
@@ -210,7 +139,6 @@ def _check_in_threat(xa: Tensor, x: Tensor, cfg: AttackConfig, who: str) -> None
     size = d.abs().amax(1) if cfg.norm == "linf" else d.norm(dim=1)
     if xa.min() < -1e-6 or xa.max() > 1 + 1e-6 or size.max() > cfg.eps * (1 + 1e-4) + 1e-6:
         raise RuntimeError(f"{who} left the threat model ({cfg.norm} ε={cfg.eps}): max size {float(size.max()):.4g}")
-
 
 
 def audit_model(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, settings: AuditSettings, seed: int,
@@ -251,8 +179,6 @@ def audit_model(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, se
     robust["worst_case"] = worst_case({k: v for k, v in robust.items()})
     acc = {k: float(v.float().mean()) for k, v in robust.items()}
     return {"robust": robust, "acc": acc, "flags": attack_flags(acc), "n": len(y), "cached": hit}
-
-
 
 
 # ---------------------------------------------------------------- a list of models
@@ -341,7 +267,7 @@ def training_targets(ctx: Any, runs: Sequence[Any]) -> list[Target]:
 def audit_runs(ctx: Any, runs: Sequence[Any], settings: AuditSettings | None = None,
                progress: bool | None = None) -> list[dict[str, Any]]:
     """:func:`audit` of chapter 02's models on the profile's evaluation subset, cached in ``ctx.store``."""
-    s = settings or get_settings(ctx.profile.name)
+    s = settings or ctx.profile.audit
     return audit(training_targets(ctx, runs), ctx.eval_x, ctx.eval_y, s, ctx.data.num_classes,
                  store=ctx.store, data_fp=ctx.data.fingerprint, progress=progress)
 
@@ -370,7 +296,7 @@ def audit_students(ctx: Any, grid: Any, settings: AuditSettings | None = None, s
     """:func:`audit` of chapter 04's students on chapter 04's own evaluation samples (the first
     ``grid.n_eval`` of the evaluation subset, so both chapters attack the same images), cached in
     ``ctx.store``; ``seeds`` defaults to the first ``settings.student_seeds`` seeds of the profile."""
-    s = settings or get_settings(ctx.profile.name)
+    s = settings or ctx.profile.audit
     if seeds is None:
         seeds = ctx.profile.seeds[:s.student_seeds]
     return audit(student_targets(ctx, grid, seeds), ctx.eval_x, ctx.eval_y, replace(s, main_subset=grid.n_eval),

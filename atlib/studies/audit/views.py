@@ -17,9 +17,10 @@ from torch import nn
 from atlib.core import attacks
 from atlib.core import stats
 from atlib.core.attacks import AttackConfig
+from atlib.studies.audit.rules import APGD_GAP, TORCHATTACKS_GAP
 from atlib.studies.audit.runs import (
-    APGD_GAP, ATTACKS, SCHEMA, TORCHATTACKS_GAP, AuditSettings, Target, _cached, correct, get_settings, model_hash, student_targets, tensor_hash, torchattacks_version, training_targets)
-from atlib.studies.shrinkage.views import fmt
+    ATTACKS, SCHEMA, AuditSettings, Target, _cached, correct, model_hash, student_targets, tensor_hash, torchattacks_version, training_targets)
+from atlib.studies.prose import fmt
 from atlib.core.store import Store
 
 Tensor = torch.Tensor
@@ -84,7 +85,7 @@ def diagnose_flagged(records: Sequence[Mapping[str, Any]], targets: Sequence[Tar
 def diagnose_runs(ctx: Any, runs: Sequence[Any], records: Sequence[Mapping[str, Any]],
                   settings: AuditSettings | None = None) -> dict[str, pd.DataFrame]:
     """:func:`diagnose_flagged` for chapter 02's models (as audited by :func:`audit_runs`)."""
-    s = settings or get_settings(ctx.profile.name)
+    s = settings or ctx.profile.audit
     return diagnose_flagged(records, training_targets(ctx, runs), ctx.eval_x, ctx.eval_y, s, ctx.store,
                             ctx.data.fingerprint)
 
@@ -92,7 +93,7 @@ def diagnose_runs(ctx: Any, runs: Sequence[Any], records: Sequence[Mapping[str, 
 def diagnose_students(ctx: Any, grid: Any, records: Sequence[Mapping[str, Any]],
                       settings: AuditSettings | None = None) -> dict[str, pd.DataFrame]:
     """:func:`diagnose_flagged` for chapter 04's students (as audited by ``audit.audit_students``)."""
-    s = settings or get_settings(ctx.profile.name)
+    s = settings or ctx.profile.audit
     targets = student_targets(ctx, grid, sorted({r["seed"] for r in records}))
     return diagnose_flagged(records, targets, ctx.eval_x, ctx.eval_y, s, ctx.store, ctx.data.fingerprint)
 

@@ -19,29 +19,27 @@ from typing import Any
 
 import torch
 
-from atlib.core import attacks
 from atlib.core import data
-from atlib.training import evaluate
-from atlib.core import models
 from atlib.core import stats
 from atlib.training import train
+from atlib.studies.confidence.settings import SELECT_ON
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies import context as cx
 from atlib.studies.profiles import ModelSpec
-from atlib.core.store import artifact_key, code_version
+from atlib.core.store import artifact_key, code_version_of
 
 SCHEMA = 1
-SELECT_ON = ("holdout", "train")
 
 Tensor = torch.Tensor
 
 
 def code() -> str:
-    import sys
+    """The snapshots are trained and scored by this module: its import closure (chapter 02's runs, data,
+    train, evaluate, stats)."""
+    return code_version_of(__name__)
 
-    return code_version([data, models, attacks, train, evaluate, stats, sys.modules[__name__]])
 
-
-def selection_set(ctx: ex.Context, select_on: str, holdout: int, data_root: str | None = None
+def selection_set(ctx: cx.Context, select_on: str, holdout: int, data_root: str | None = None
                   ) -> tuple[Tensor, Tensor, str]:
     """(x, y, description) of the images the early-stopping epoch is selected on (never the test set).
 
@@ -54,7 +52,7 @@ def selection_set(ctx: ex.Context, select_on: str, holdout: int, data_root: str 
     p = ctx.profile
     if select_on == "train":
         return ctx.data.train_x, ctx.data.train_y, f"the {len(ctx.data.train_y)} training images (clean, eval mode)"
-    full = ex._load_data(p.dataset, data_root, str(ctx.device))
+    full = cx._load_data(p.dataset, data_root, str(ctx.device))
     n_full = len(full.train_y)
     used = n_full if p.train_subset is None else min(p.train_subset, n_full)
     if holdout < 1 or used + holdout > n_full:
@@ -66,7 +64,7 @@ def selection_set(ctx: ex.Context, select_on: str, holdout: int, data_root: str 
             f"not in the {used}-image training subset)")
 
 
-def std_snapshots(ctx: ex.Context, seed: int, select_on: str, holdout: int, data_root: str | None = None,
+def std_snapshots(ctx: cx.Context, seed: int, select_on: str, holdout: int, data_root: str | None = None,
                   progress: bool = False) -> tuple[dict[str, Any], bool]:
     """Chapter 02's standard run for ``seed``, re-trained with per-epoch logits and selection accuracy (cached)."""
     spec = ModelSpec("standard")
@@ -112,7 +110,7 @@ class MatchedControl:
     runs: list[Matched]
 
 
-def matched_control(ctx: ex.Context, at_runs: Sequence[ex.ModelRun], select_on: str, holdout: int,
+def matched_control(ctx: cx.Context, at_runs: Sequence[ex.ModelRun], select_on: str, holdout: int,
                     data_root: str | None = None, progress: bool = False) -> MatchedControl:
     """Per seed, the epoch of the standard run whose selection accuracy is closest to the AT mean."""
     if not at_runs:

@@ -23,41 +23,16 @@ import torch
 from scipy import stats as sps
 
 from atlib.studies.shrinkage import runs as ex
+
+from atlib.studies import context as cx
 from atlib.core import stats
 from atlib.studies.confidence.matched import MatchedControl, matched_control
 from atlib.studies.profiles import ModelSpec
+from atlib.studies.confidence.settings import ConfidenceSettings
 from atlib.core.runtime import progress_default
 from atlib.core.stats import kendall, spearman
 
 Tensor = torch.Tensor
-
-
-# --------------------------------------------------------------------------------------------- settings
-@dataclass(frozen=True)
-class ConfidenceSettings:
-    """Profile-level settings of chapter 03."""
-
-    select_on: str  # "holdout": unused training images; "train": the training images themselves
-    holdout: int  # size of the held-out selection slice (0 with "train")
-    topk: tuple[int, ...]  # k of the top-k / bottom-k Jaccard overlaps
-    n_show: int  # images per direction in a grid
-    group_size: int  # samples per group (AT ≫ std, std ≫ AT, random) for the group measures
-
-
-SETTINGS: dict[str, ConfidenceSettings] = {
-    "smoke": ConfidenceSettings("train", 0, (10, 50), 8, 30),
-    "fashion": ConfidenceSettings("holdout", 1000, (10, 50, 100), 8, 50),
-    "mnist": ConfidenceSettings("train", 0, (10, 50, 100), 8, 50),
-    "cifar10": ConfidenceSettings("train", 0, (10, 50, 100), 8, 50),
-}
-
-
-def get_settings(profile: str) -> ConfidenceSettings:
-    try:
-        return SETTINGS[profile]
-    except KeyError:
-        raise ValueError(f"chapter 03 has no settings for profile {profile!r}; "
-                         f"defined: {', '.join(SETTINGS)}") from None
 
 
 # ----------------------------------------------------------------------------------- per-sample scores
@@ -183,14 +158,6 @@ MEASURES = {
 
 
 # ------------------------------------------------------------------------------------------- analysis
-RULE = ("Primary statistic: Spearman's ρ of the top-class log-odds over the evaluation subset, one value per "
-        "seed pair, 95% Student-t interval over pairs. (a) Standard and AT models **differ** in which samples "
-        "are confident if the upper end of the std-vs-AT interval lies below the lower ends of both null "
-        "intervals (std vs std and AT vs AT). (b) The difference **persists at matched accuracy** if the upper "
-        "end of the early-stopped-std-vs-AT interval lies below the lower ends of the AT-vs-AT interval and of "
-        "the early-stopped-std-vs-early-stopped-std null. Claim 2 is **supported** if (a) and (b) hold; "
-        "**not separated from accuracy** if (a) holds but (b) does not; **not supported** if (a) fails; "
-        "**undecided** if any of these intervals rests on fewer than two seed pairs.")
 
 COMPARISONS = {  # summary key -> (family a, family b or None for a within-family null)
     "std_vs_at": ("std", "at"), "std_vs_std": ("std", None), "at_vs_at": ("at", None),
@@ -204,7 +171,7 @@ FAMILY_NAMES = {"std": "standard", "at": "at", "matched": "standard_early"}
 class Analysis:
     """Everything chapter 03 shows, computed once from cached models."""
 
-    ctx: ex.Context
+    ctx: cx.Context
     settings: ConfidenceSettings
     std_spec: ModelSpec
     at_spec: ModelSpec
@@ -241,12 +208,12 @@ def comparisons(logits: Mapping[str, Mapping[int, Tensor]], fn: Callable[[Any, A
     return out
 
 
-def analyse(ctx: ex.Context, data_root: str | None = None, progress: bool | None = None,
+def analyse(ctx: cx.Context, data_root: str | None = None, progress: bool | None = None,
             settings: ConfidenceSettings | None = None) -> Analysis:
     """Load chapter 02's standard and main-AT models (never trains them), build the matched control,
     and compute every rank statistic of the chapter."""
     progress = progress_default() if progress is None else progress
-    st = settings or get_settings(ctx.profile.name)
+    st = settings or ctx.profile.confidence
     std_spec, at_spec = ModelSpec("standard"), ctx.profile.main_at
     runs = ex.training_runs(ctx, (std_spec, at_spec), progress=progress)
     std = {r.seed: r for r in runs if r.spec == std_spec}
@@ -265,35 +232,6 @@ def analyse(ctx: ex.Context, data_root: str | None = None, progress: bool | None
         an.jaccard[str(k)] = {side: comparisons(logits, topk_jaccard_fn(k, side == "top"))
                               for side in ("top", "bottom")}
     return an
-
-
-def effect_sizes(an: Analysis, metric: str = "spearman") -> dict[str, float]:
-    """Cohen's d of std-vs-AT (and of matched-vs-AT) against each null, over the per-pair values."""
-    c = an.correlations[metric]
-
-    def vals(key: str) -> list[float]:
-        return [p["value"] for p in c[key]["pairs"]]
-
-    return {"std_vs_at_minus_std_vs_std": effect_size(vals("std_vs_at"), vals("std_vs_std")),
-            "std_vs_at_minus_at_vs_at": effect_size(vals("std_vs_at"), vals("at_vs_at")),
-            "std_matched_vs_at_minus_at_vs_at": effect_size(vals("std_matched_vs_at"), vals("at_vs_at"))}
-
-
-def verdict(an: Analysis, metric: str = "spearman") -> dict[str, Any]:
-    """Apply ``RULE`` to the computed intervals."""
-    c = {k: interval_of(v) for k, v in an.correlations[metric].items()}
-    used = ["std_vs_at", "std_vs_std", "at_vs_at", "std_matched_vs_at", "std_matched_vs_std_matched"]
-    if any(c[k].n < 2 for k in used):
-        differs = persists = None
-        outcome = "undecided"
-    else:
-        differs = bool(c["std_vs_at"].high < min(c["std_vs_std"].low, c["at_vs_at"].low))
-        persists = bool(c["std_matched_vs_at"].high < min(c["at_vs_at"].low, c["std_matched_vs_std_matched"].low))
-        outcome = ("supported" if differs and persists else "not separated from accuracy" if differs
-                   else "not supported")
-    return {"rule": RULE, "metric": metric, "score": "top-class log-odds", "outcome": outcome,
-            "differs_from_nulls": differs, "persists_at_matched_accuracy": persists,
-            "matched_null": an.correlations[metric]["std_matched_vs_std_matched"]}
 
 
 def groups(an: Analysis, seed: int, size: int | None = None) -> dict[str, Tensor]:
@@ -371,18 +309,3 @@ def _clean(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
     return obj
-
-
-def summary_section(an: Analysis) -> dict[str, Any]:
-    """The ``confidence`` entry of summary.json."""
-    def pick(c: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: {f: c[k][f] for f in ("value", "ci", "pairs")} for k in SUMMARY_COMPARISONS}
-
-    return _clean({
-        "spearman": pick(an.correlations["spearman"]),
-        "kendall": pick(an.correlations["kendall"]),
-        "effect_size": {m: effect_sizes(an, m) for m in CORRELATIONS},
-        "topk_jaccard": {k: {side: pick(c) for side, c in v.items()} for k, v in an.jaccard.items()},
-        "verdict": verdict(an),
-        "shown_indices": shown_samples(an),
-    })

@@ -11,10 +11,12 @@ import pandas as pd
 import torch
 
 from atlib.core import stats
+from atlib.studies.confidence import rules
 from atlib.studies.confidence.runs import (
-    FAMILY_NAMES, Analysis, confidence_score, interval_of, saturated_fraction, spearman)
+    CORRELATIONS, FAMILY_NAMES, SUMMARY_COMPARISONS, Analysis, _clean, confidence_score, interval_of,
+    saturated_fraction, shown_samples, spearman)
 from atlib.core.plots import BOOK_WIDTH, panel_grid
-from atlib.studies.shrinkage.views import fmt
+from atlib.studies.prose import fmt
 
 LABELS = {"std": "standard", "at": "AT", "matched": "early-stopped standard"}
 DIRECTIONS = {"AT ≫ std": ("std", "at"), "std ≫ AT": ("at", "std")}  # (a, b): b relatively more confident
@@ -263,3 +265,18 @@ def browser(an: Analysis):
 __all__ = ["FAMILY_NAMES", "browser", "browser_figure", "class_table", "comparison_table", "density_scatter",
            "difference_grid", "findings_text", "fmt_pairs", "group_table", "jaccard_table", "matched_table",
            "score_table"]
+
+
+def summary_section(an: Analysis) -> dict[str, Any]:
+    """The ``confidence`` entry of summary.json."""
+    def pick(c: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: {f: c[k][f] for f in ("value", "ci", "pairs")} for k in SUMMARY_COMPARISONS}
+
+    return _clean({
+        "spearman": pick(an.correlations["spearman"]),
+        "kendall": pick(an.correlations["kendall"]),
+        "effect_size": {m: rules.effect_sizes(an, m) for m in CORRELATIONS},
+        "topk_jaccard": {k: {side: pick(c) for side, c in v.items()} for k, v in an.jaccard.items()},
+        "verdict": rules.verdict(an),
+        "shown_indices": shown_samples(an),
+    })

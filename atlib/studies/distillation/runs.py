@@ -20,34 +20,29 @@ from atlib.core import attacks
 from atlib.core import data
 from atlib.training import distill
 from atlib.studies.distillation import targets as distill_targets
-from atlib.training import evaluate
 from atlib.studies.shrinkage import runs as experiments
+from atlib.studies import context as cx
 from atlib.training import masking
 from atlib.core import models
 from atlib.training import train
 from atlib.studies.distillation.targets import TeacherLogits, get_ablation
 from atlib.studies.shrinkage.runs import Context, ModelRun
-from atlib.studies.profiles import DistillSettings, ModelSpec
+from atlib.studies.profiles import ModelSpec
 from atlib.core.runtime import progress_default, seed_everything
-from atlib.core.store import artifact_key, code_version, model_hash, tensor_hash
+from atlib.core.store import artifact_key, code_version_of, model_hash, tensor_hash
 
 Tensor = torch.Tensor
 SCHEMA = 1  # bump when the orchestration here (targets, seeds, the survivor chain) or a payload layout changes
-TRAIN_CODE = code_version([data, models, train, distill, distill_targets])
-EVAL_CODE = code_version([attacks, evaluate, train, distill])
-
-
-def settings(ctx: Context) -> DistillSettings:
-    """The profile's distillation settings, checked against its threat model."""
-    s = ctx.profile.distill
-    if s.sweep_eps[0] <= ctx.profile.linf_eps:
-        raise ValueError(f"sweep_eps={s.sweep_eps} must start above the profile's L∞ ε={ctx.profile.linf_eps}")
-    return s
+# Teacher logits and students: the training loops (train, distill), the architecture, the data, the soft targets.
+TRAIN_CODE = code_version_of(train.train, distill.distill, models.build_model, data.load_dataset,
+                             distill_targets.targets)
+# Transfer examples and student attacks: the attacks, ``train.correct`` and ``distill.survivors``, with their closures.
+EVAL_CODE = code_version_of(attacks.make_attack, train.correct, distill.survivors)
 
 
 def eval_set(ctx: Context) -> tuple[Tensor, Tensor]:
     """The students' evaluation samples: the first ``eval_subset`` of the profile's evaluation subset."""
-    n = min(settings(ctx).eval_subset, len(ctx.eval_y))
+    n = min(ctx.profile.distill.eval_subset, len(ctx.eval_y))
     return ctx.eval_x[:n], ctx.eval_y[:n]
 
 
@@ -111,7 +106,7 @@ class StudentRun:
 
 def student_config(ctx: Context, ablation: str, T: float | None, seed: int, tea: dict[str, ModelRun]) -> dict:
     """Everything that determines a student (its cache key). ``hard_labels`` ignores T and the teachers."""
-    s, p = settings(ctx), ctx.profile
+    s, p = ctx.profile.distill, ctx.profile
     ab = get_ablation(ablation)
     if ab.plain_ce:
         dc = distill.DistillConfig(1.0, 0.0, s.epochs, s.batch_size, p.lr, weight_decay=p.weight_decay)
@@ -130,7 +125,7 @@ def build_student(ctx: Context, seed: int) -> nn.Module:
     p, d = ctx.profile, ctx.data
     seed_everything(seed)
     return models.build_model(p.arch, d.shape, d.num_classes, d.mean, d.std,
-                              settings(ctx).student_width or p.width).to(ctx.device)
+                              ctx.profile.distill.student_width or p.width).to(ctx.device)
 
 
 def _trained(ctx: Context, kind: str, cfg: dict, seed: int, fit) -> tuple[nn.Module, dict, str, bool]:
@@ -151,7 +146,7 @@ def _trained(ctx: Context, kind: str, cfg: dict, seed: int, fit) -> tuple[nn.Mod
 
 def eval_attacks(ctx: Context) -> dict[str, Any]:
     """The attacks of a student's evaluation, all built from the teachers' evaluation attacks."""
-    s, atk = settings(ctx), ctx.profile.eval_attacks()
+    s, atk = ctx.profile.distill, ctx.profile.eval_attacks()
     ce = atk["linf_ce"]
     return {"ce": ce, "margin": atk["linf_margin"],
             "few": masking.same_family(ce, "linf", ce.eps, s.few_steps),
@@ -196,7 +191,7 @@ def masking_checks(ctx: Context, r: dict[str, Tensor]) -> list[dict]:
 
     Thresholds are ``masking.noise_threshold``: two binomial standard errors, at least three samples' worth.
     """
-    s, n, k = settings(ctx), len(r["clean"]), ctx.data.num_classes
+    s, n, k = ctx.profile.distill, len(r["clean"]), ctx.data.num_classes
     acc = {key: float(v.float().mean()) for key, v in r.items()}
     last = f"eps_{s.sweep_eps[-1]:g}"
     chance, rob = 1 / k, acc["robust"]
@@ -243,7 +238,7 @@ def ceiling_run(ctx: Context, seed: int, progress: bool | None = None,
                 tea: dict[str, ModelRun] | None = None) -> StudentRun:
     """The PGD-AT student: the student architecture and schedule trained with the teachers' PGD-AT attack."""
     progress = progress_default() if progress is None else progress
-    s, p = settings(ctx), ctx.profile
+    s, p = ctx.profile.distill, ctx.profile
     tea = tea or teachers(ctx, seed, progress)
     tc = replace(p.train_config(p.main_at), epochs=s.epochs, batch_size=s.batch_size, augment=False)
     cfg = {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
@@ -282,7 +277,7 @@ def configs(ctx: Context) -> list[tuple[str, float | None]]:
     """Every distinct (ablation, T) to train: each ablation at each T, ``hard_labels`` once."""
     out: list[tuple[str, float | None]] = []
     for name, ab in distill_targets.ABLATIONS.items():
-        out += [(name, None)] if ab.plain_ce else [(name, T) for T in settings(ctx).temperatures]
+        out += [(name, None)] if ab.plain_ce else [(name, T) for T in ctx.profile.distill.temperatures]
     return out
 
 
@@ -291,14 +286,14 @@ def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
     progress = progress_default() if progress is None else progress
     t0 = time.perf_counter()
     seeds = ctx.profile.seeds
-    experiments.fill(ctx, [(experiments.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
+    cx.fill(ctx, [(experiments.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
                      "teachers", progress)
     tea = {s: teachers(ctx, s, progress) for s in seeds}
     outs = {s: teacher_outputs(ctx, tea[s]) for s in seeds}
     for s in seeds:
         _transfers(ctx, tea[s], s)  # here once, not raced by the workers below
     jobs = [(a, T, s) for s in seeds for a, T in configs(ctx)]
-    experiments.fill(ctx, [(ceiling_run, (s,)) for s in seeds] + [(student_run, j) for j in jobs],  # longest first
+    cx.fill(ctx, [(ceiling_run, (s,)) for s in seeds] + [(student_run, j) for j in jobs],  # longest first
                      "students", progress)
     bar = tqdm(jobs, desc=f"{ctx.profile.name}: students", disable=not progress)
     students = []
@@ -307,5 +302,5 @@ def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
         students.append(student_run(ctx, a, T, s, progress=False, tea=tea[s], tl=outs[s]))
     ceiling = [ceiling_run(ctx, s, progress=False, tea=tea[s]) for s in
                tqdm(seeds, desc="PGD-AT students", disable=not progress)]
-    return Grid(students, ceiling, tea, outs, settings(ctx).temperatures, tuple(seeds), len(eval_set(ctx)[1]),
+    return Grid(students, ceiling, tea, outs, ctx.profile.distill.temperatures, tuple(seeds), len(eval_set(ctx)[1]),
                 time.perf_counter() - t0)

@@ -9,10 +9,11 @@ import pandas as pd
 import torch
 
 from atlib.core import stats
-from atlib.studies.distillation.runs import Grid, StudentRun, eval_attacks, settings
+from atlib.studies.distillation.runs import Grid, StudentRun, eval_attacks
+from atlib.studies.distillation.rules import classify
 from atlib.studies.distillation.targets import ABLATIONS, properties
 from atlib.studies.shrinkage.runs import Context
-from atlib.studies.shrinkage.views import fmt, glue, glue_setting, t_factor
+from atlib.studies.prose import fmt, glue, glue_setting, t_factor
 
 # per-student accuracies: summary key -> robustness mask
 METRICS = {"clean": "clean", "pgd_ce": "ce", "pgd_margin": "margin", "robust": "robust", "worst": "worst",
@@ -21,14 +22,12 @@ METRICS = {"clean": "clean", "pgd_ce": "ce", "pgd_margin": "margin", "robust": "
 ARD_T, ARD_LR = 30.0, 0.1
 # the peak learning rates of the development pilot that chose ``DistillSettings.lrs`` on ``fashion`` (not re-run)
 PILOT_LR_GRID = (0.01, 0.015, 0.02, 0.03, 0.05)
-OUTCOMES = ("removes robustness", "keeps robustness", "reduces robustness", "raises robustness", "inconclusive",
-            "flagged: gradient masking")
 
 
 def glue_prose(ctx: Context) -> None:
     """Glue every number chapter 04's prose quotes (settings of this profile, ARD's defaults, the t factor),
     on top of :func:`report.glue_setting`'s."""
-    s, k = settings(ctx), ctx.data.num_classes
+    s, k = ctx.profile.distill, ctx.data.num_classes
     glue_setting(ctx)
     temps = [f"{T:g}" for T in s.temperatures]
     n = len(ctx.profile.seeds)
@@ -59,24 +58,9 @@ def student_record(r: StudentRun) -> dict[str, Any]:
             "masking_flag": bool(r.flags), "masking_flags": r.flags, "train_seconds": r.train_seconds}
 
 
-def classify(diff: stats.Interval, remove: float, equiv: float) -> str:
-    """The rule for one ablation, on the paired difference ablation − full of robust accuracy (fractions)."""
-    if diff.n < 2:
-        return "inconclusive"
-    if diff.mean < -remove and diff.high < 0:
-        return "removes robustness"
-    if -equiv <= diff.low and diff.high <= equiv:
-        return "keeps robustness"
-    if diff.high < 0:
-        return "reduces robustness"
-    if diff.low > 0:
-        return "raises robustness"
-    return "inconclusive"
-
-
 def aggregate(ctx: Context, grid: Grid) -> list[dict[str, Any]]:
     """One row per (ablation, T) (``hard_labels``: its T-free students, compared with ``full`` at each T)."""
-    s = settings(ctx)
+    s = ctx.profile.distill
     rows = []
     for T in grid.temperatures:
         full = {r.seed: r for r in grid.runs("full", T)}
@@ -103,51 +87,6 @@ def aggregate(ctx: Context, grid: Grid) -> list[dict[str, Any]]:
                 row["verdict"] = v
             rows.append(row)
     return rows
-
-
-def claim3(ctx: Context, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Claim 3 at each T by the chapter's rule: (A) robustness distils, (B) incorrect-class information is
-    essential, (C) sample-wise confidence is essential."""
-    s = settings(ctx)
-    out: dict[str, Any] = {"rule": RULE.format(remove=100 * s.remove_margin, equiv=100 * s.equivalence_margin),
-                           "by_T": {}}
-    for T in sorted({r["T"] for r in rows}):
-        at = {r["ablation"]: r for r in rows if r["T"] == T}
-        d = at["hard_labels"]["diff_vs_full"]["robust"]  # hard − full
-        a = d["n"] > 1 and -d["mean"] > s.remove_margin and d["ci"][1] < 0 and not at["full"]["flagged_seeds"]
-
-        def part(names: Sequence[str]) -> str:
-            vs = [at[n]["verdict"] for n in names]
-            if all(v == "removes robustness" for v in vs):
-                return "supported"
-            if any(v in ("keeps robustness", "raises robustness") for v in vs):
-                return "contradicted"
-            return "inconclusive"
-
-        b, c = part(("uniform_nonmax", "shuffle_nonmax")), part(("uniform_confidence",))
-        if not a:
-            overall = "no distilled robustness to ablate"
-        elif b == c == "supported":
-            overall = "supported"
-        elif "contradicted" in (b, c):
-            overall = "contradicted"
-        else:
-            overall = "inconclusive"
-        out["by_T"][f"{T:g}"] = {"A_robustness_distils": a, "B_incorrect_classes_essential": b,
-                                 "C_sample_confidence_essential": c, "claim3": overall,
-                                 "per_ablation": {n: at[n]["verdict"] for n in at if n != "full"}}
-    return out
-
-
-RULE = ("Primary measure: robust accuracy under both evaluation PGD attacks (a sample counts only if it survives "
-        "the CE and the margin attack). For each ablation and T, the seed-paired difference Δ = ablation − full, mean with a Student-t "
-        "95% interval over seeds. 'removes robustness': mean Δ below −{remove:g} pp and the interval below 0; "
-        "'keeps robustness': the interval inside ±{equiv:g} pp; otherwise 'reduces' (interval below 0), 'raises' "
-        "(interval above 0) or 'inconclusive'. A flagged student (gradient-masking check failed) is never credited "
-        "with robustness: its row becomes 'flagged' unless it already removes or reduces robustness. Claim 3 at a T: "
-        "(A) full − hard_labels above {remove:g} pp with its interval above 0; (B) uniform_nonmax and shuffle_nonmax "
-        "both remove robustness; (C) uniform_confidence removes it. Supported if A, B and C hold; contradicted if A "
-        "holds and one of those three ablations keeps or raises robustness; otherwise inconclusive.")
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -179,7 +118,7 @@ def student_table(rows: Sequence[dict[str, Any]], steps: int = 20) -> pd.DataFra
 
 def masking_table(ctx: Context, grid: Grid) -> pd.DataFrame:
     """Per (ablation, T) and the PGD-AT student: mean accuracy (%) under every attack of the checks."""
-    s = settings(ctx)
+    s = ctx.profile.distill
     k = ctx.profile.eval_steps
     cols = {"few": f"PGD-{s.few_steps} CE", "ce": f"PGD-{k} CE", "many": f"PGD-{k} ∧ PGD-{s.many_steps}"}
     cols |= {f"eps_{e:g}": f"ε={e:g} (chain)" for e in s.sweep_eps}
@@ -243,7 +182,7 @@ def property_table(grid: Grid, seed: int | None = None) -> pd.DataFrame:
 
 def setting_record(ctx: Context, grid: Grid) -> dict[str, Any]:
     """Everything a reader needs to know about how the students were made and attacked."""
-    s, p = settings(ctx), ctx.profile
+    s, p = ctx.profile.distill, ctx.profile
     A = eval_attacks(ctx)
     return {"dataset": ctx.data.name, "train_images": len(ctx.data.train_y), "eval_samples": grid.n_eval,
             "student": f"{p.arch} width {s.student_width or p.width}", "teacher": f"{p.arch} width {p.width}",
@@ -289,7 +228,7 @@ def first_sample(t: Any, T: float, quantile: float = 0.5) -> int:
 
 def setting_frame(ctx: Context, grid: Grid) -> pd.DataFrame:
     """The students' setting as a table (printed by the chapter, so no number is hand-typed)."""
-    s, p = settings(ctx), ctx.profile
+    s, p = ctx.profile.distill, ctx.profile
     A = eval_attacks(ctx)
     n_cached = sum(r.cached for r in grid.students + grid.ceiling)
     rows = {

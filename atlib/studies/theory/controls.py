@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,11 +19,13 @@ from torch import nn
 from atlib.core import attacks
 from atlib.training import evaluate
 from atlib.studies.shrinkage import runs as experiments
+from atlib.studies import context as cx
 from atlib.core import stats
-from atlib.studies.theory import linear as theory
+from atlib.studies.theory import runs as theory
 from atlib.training import train
 from atlib.studies.profiles import ModelSpec
-from atlib.core.store import artifact_key, code_version
+from atlib.studies.theory.settings import DeepSettings
+from atlib.core.store import artifact_key, code_version_of
 
 Tensor = torch.Tensor
 KINDS = ("label_smoothing", "logit_squeeze", "loss_temperature")
@@ -32,50 +33,10 @@ KIND_LABELS = {"label_smoothing": "label smoothing α", "logit_squeeze": "logit 
                "loss_temperature": "loss temperature T"}
 
 
-@dataclass(frozen=True)
-class DeepSettings:
-    """Flip-radius sizes and the control grids of one profile."""
-
-    n_flip: int  # correctly classified evaluation samples per model for the flip radius
-    flip_steps: int  # PGD steps (margin loss, L∞, step 2.5·ε/steps, random start) per bisection probe
-    bisect_iters: int
-    eps_max: float  # upper end of the bisection; samples not flipped there are censored at it
-    n_calib: int  # training images on which the controls' clean logit gap is matched to the AT model's
-    grids: tuple[tuple[str, tuple[float, ...]], ...] = (
-        ("label_smoothing", (0.1, 0.25, 0.5)), ("logit_squeeze", (0.005, 0.02, 0.08)),
-        ("loss_temperature", (0.3, 0.5, 0.7)))
-
-    def grid(self, kind: str) -> tuple[float, ...]:
-        return dict(self.grids)[kind]
-
-
-# Grids: two or three strengths per control (two on fashion, for time), spread around the strength that a rough argument predicts for the
-# AT model's gap (temperature T ≈ gap_AT / gap_std; label smoothing's optimal gap log((1-α+α/K)/(α/K))).
-SMOKE_GRIDS = (("label_smoothing", (0.002, 0.01, 0.03)), ("logit_squeeze", (0.0001, 0.0005, 0.002)),
-               ("loss_temperature", (0.6, 0.8, 0.95)))
-SETTINGS: dict[str, DeepSettings] = {
-    "smoke": DeepSettings(n_flip=100, flip_steps=10, bisect_iters=7, eps_max=0.5, n_calib=500, grids=SMOKE_GRIDS),
-    "fashion": DeepSettings(n_flip=200, flip_steps=10, bisect_iters=8, eps_max=0.5, n_calib=1000, grids=(
-        ("label_smoothing", (0.1, 0.25)), ("logit_squeeze", (0.02, 0.08)), ("loss_temperature", (0.3, 0.5)))),
-    "mnist": DeepSettings(n_flip=200, flip_steps=20, bisect_iters=8, eps_max=0.5, n_calib=1000),
-    "cifar10": DeepSettings(n_flip=500, flip_steps=20, bisect_iters=10, eps_max=32 / 255, n_calib=2000),
-}
-
-
-def settings(profile: str) -> DeepSettings:
-    """The deep-net settings of ``profile``; an unknown name raises UnknownSettingError."""
-    try:
-        return SETTINGS[profile]
-    except KeyError:
-        raise theory.UnknownSettingError(f"no theory-chapter deep-net settings for profile {profile!r}; "
-                                         f"valid: {', '.join(SETTINGS)}") from None
-
-
-def _code(*deps: Any) -> str:
-    """This module's source hash (plus ``deps``); atlib's core modules enter keys via ``experiments.CODE``."""
-    import sys
-
-    return code_version([sys.modules[__name__], *deps])
+def _code() -> str:
+    """This module's import closure (the linear theory, chapter 02's runs, train, evaluate, attacks): every
+    artifact here is computed by this module's functions; the models' own code also enters via ``experiments.CODE``."""
+    return code_version_of(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,7 +61,7 @@ def pgd_linf_per_sample(model: nn.Module, x: Tensor, y: Tensor, eps: Tensor, ste
     Returns (last iterate, flipped) where ``flipped`` marks samples misclassified at any iterate."""
     model.eval()
     e = eps.view(-1, *([1] * (x.ndim - 1))).to(device=x.device, dtype=x.dtype)
-    step = 2.5 * e / max(steps, 1)
+    step = attacks.madry_step(e, steps)
     delta = ((2 * torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device) - 1) * e if random_start
              else torch.zeros_like(x))
     delta = (x + delta).clamp(0, 1) - x
@@ -133,12 +94,12 @@ def bisection_radius(model: nn.Module, x: Tensor, y: Tensor, st: DeepSettings, s
     return hi, censored
 
 
-def flip_radius(ctx: experiments.Context, spec: ModelSpec, seed: int, st: DeepSettings | None = None) -> dict[str, Any]:
+def flip_radius(ctx: cx.Context, spec: ModelSpec, seed: int, st: DeepSettings | None = None) -> dict[str, Any]:
     """Predicted vs bisection flip radius (L∞) on the first ``n_flip`` correctly classified evaluation
     samples of chapter 02's model ``spec``/``seed``, cached."""
-    st = st or settings(ctx.profile.name)
+    st = st or ctx.profile.theory.deep
     cfg = {"model": experiments.run_config(ctx, spec, seed), "model_code": experiments.CODE, "settings": st}
-    key = artifact_key("theory-flip", cfg, _code(theory), ctx.data.fingerprint)
+    key = artifact_key("theory-flip", cfg, _code(), ctx.data.fingerprint)
 
     def compute() -> dict[str, Any]:
         run = experiments.model_run(ctx, spec, seed)
@@ -167,18 +128,18 @@ def flip_summary(res: dict[str, Any]) -> dict[str, float]:
 # Controls: label smoothing, logit squeezing, loss temperature
 # ---------------------------------------------------------------------------------------------------
 
-def control_config(ctx: experiments.Context, kind: str, strength: float) -> train.TrainConfig:
+def control_config(ctx: cx.Context, kind: str, strength: float) -> train.TrainConfig:
     """The profile's standard training config with one regulariser switched on."""
     if kind not in KINDS:
         raise ValueError(f"unknown control {kind!r}; valid: {', '.join(KINDS)}")
     return dataclasses.replace(ctx.profile.train_config(ModelSpec("standard")), **{kind: float(strength)})
 
 
-def control_model(ctx: experiments.Context, kind: str, strength: float, seed: int,
+def control_model(ctx: cx.Context, kind: str, strength: float, seed: int,
                   n_calib: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Train (or load) one control model; the payload holds clean logits on the calibration images
     (the first ``n_calib`` training images) and on the evaluation subset."""
-    n_calib = n_calib or settings(ctx.profile.name).n_calib
+    n_calib = n_calib or ctx.profile.theory.deep.n_calib
     tcfg = control_config(ctx, kind, strength)
     cfg = {"run": experiments.run_config(ctx, ModelSpec("standard"), seed) | {"train": tcfg},
            "n_calib": n_calib, "model_code": experiments.CODE}
@@ -199,12 +160,12 @@ def control_model(ctx: experiments.Context, kind: str, strength: float, seed: in
     return model.eval(), payload
 
 
-def linf_attacks(ctx: experiments.Context) -> dict[str, Any]:
+def linf_attacks(ctx: cx.Context) -> dict[str, Any]:
     """Chapter 02's L∞ evaluation attacks (PGD CE and margin at the profile's ε)."""
     return {k: v for k, v in ctx.profile.eval_attacks().items() if k.startswith("linf")}
 
 
-def control_eval(ctx: experiments.Context, kind: str, strength: float, seed: int) -> dict[str, Tensor]:
+def control_eval(ctx: cx.Context, kind: str, strength: float, seed: int) -> dict[str, Tensor]:
     """Clean and attacked logits of a control model on the evaluation subset, cached."""
     model, payload = control_model(ctx, kind, strength, seed)
     cfg = {"run": experiments.run_config(ctx, ModelSpec("standard"), seed) | {"train": control_config(ctx, kind, strength)},
@@ -215,12 +176,12 @@ def control_eval(ctx: experiments.Context, kind: str, strength: float, seed: int
     return out
 
 
-def calibrate(ctx: experiments.Context, target_gap: float, seed: int, rel_tol: float = 0.15) -> dict[str, dict[str, Any]]:
+def calibrate(ctx: cx.Context, target_gap: float, seed: int, rel_tol: float = 0.15) -> dict[str, dict[str, Any]]:
     """Per control: the grid strength whose mean clean logit gap on the calibration images (seed
     ``seed``) is closest to ``target_gap``; ``matched`` says whether it is within ``rel_tol`` of it.
     Robustness plays no part in the choice."""
-    st = settings(ctx.profile.name)
-    experiments.fill(ctx, [(control_model, (kind, s, seed)) for kind in KINDS for s in st.grid(kind)], "controls")
+    st = ctx.profile.theory.deep
+    cx.fill(ctx, [(control_model, (kind, s, seed)) for kind in KINDS for s in st.grid(kind)], "controls")
     out = {}
     for kind in KINDS:
         gaps = {s: float(stats.logit_gap(control_model(ctx, kind, s, seed)[1]["calib_logits"]).mean())
@@ -231,10 +192,10 @@ def calibrate(ctx: experiments.Context, target_gap: float, seed: int, rel_tol: f
     return out
 
 
-def control_evals(ctx: experiments.Context, cal: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Tensor]]]:
+def control_evals(ctx: cx.Context, cal: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Tensor]]]:
     """Per control: :func:`control_eval` of its calibrated strength at every seed of the profile."""
     jobs = {kind: [(kind, c["chosen"], s) for s in ctx.profile.seeds] for kind, c in cal.items()}
-    experiments.fill(ctx, [(control_eval, j) for js in jobs.values() for j in js], "controls")
+    cx.fill(ctx, [(control_eval, j) for js in jobs.values() for j in js], "controls")
     return {kind: [control_eval(ctx, *j) for j in js] for kind, js in jobs.items()}
 
 

@@ -1,6 +1,6 @@
 """Tables, figures, verdicts, the ε slider and the summary section of chapter 01 (theory).
 
-Plain results in (from ``atlib.studies.theory.linear`` and ``atlib.studies.theory.controls``), DataFrames / Figures / dicts out.
+Plain results in (from ``atlib.studies.theory.runs`` and ``atlib.studies.theory.controls``), DataFrames / Figures / dicts out.
 Every verdict rule is a function here with its threshold as an argument, so the chapter states the
 rule in prose and the code applies it.
 """
@@ -14,18 +14,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from atlib.core import stats
-from atlib.studies.theory import linear as theory
+from atlib.core import plots, stats
+from atlib.studies.theory import runs as theory
 from atlib.core.plots import BOOK_WIDTH, panel_grid, shared_legend
-from atlib.studies.shrinkage.views import fmt
+from atlib.studies.prose import fmt
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 CHECK_TOL = 1e-5  # the closed form must match PGD, and the binary bound be exact, to this (float64)
 BOUND_STEPS = 50  # PGD-CE steps (random start) of the shifted-logit bound check
 CONTROL_REPRODUCES = 0.5  # a control "reproduces" AT if it closes at least this fraction of the robustness gap ...
 CONTROL_NONE = 0.25  # ... with its interval above this; it gives "no" robustness if its interval lies below this
-LINEAR_STATS = {"mean_max_logit": "max logit", "mean_centred_max_logit": "centred max logit",
-                "mean_logit_gap": "logit gap", "mean_margin_correct": "margin (correct only)",
+LINEAR_STATS = {f"mean_{k}": label for k, label in stats.STAT_LABELS.items()} | {
                 "weight_norm": "‖W‖_F", "clean_acc": "clean acc", "exact_robust_acc": "exact robust acc"}
 METHODS = {"closed_form": "closed-form worst case (shifted-logit CE)", "pgd": "PGD-AT"}
 
@@ -163,8 +162,7 @@ def verdict_text(v: dict[str, dict[str, Any]], eps: Sequence[float]) -> str:
 
 def _hist_row(axes: Sequence[plt.Axes], lin: dict[str, Any], i: int, method: str, edges: dict[str, np.ndarray]) -> None:
     z = torch.cat([r["logits"] for r in lin[method][i]])
-    for ax, (name, fn) in zip(axes, (("max logit", stats.max_logit), ("centred max logit", stats.centred_max_logit),
-                                     ("logit gap", stats.logit_gap))):
+    for ax, (name, fn) in zip(axes, plots.STATS.items()):
         v = fn(z).numpy()
         ax.hist(v, bins=edges[name], density=True, color=COLORS[0], alpha=0.6)
         ax.axvline(v.mean(), color="k", ls="--", lw=1)
@@ -175,8 +173,7 @@ def _hist_row(axes: Sequence[plt.Axes], lin: dict[str, Any], i: int, method: str
 
 def _edges(lin: dict[str, Any], method: str) -> dict[str, np.ndarray]:
     z = torch.cat([r["logits"] for recs in lin[method] for r in recs])
-    return {name: np.linspace(float(fn(z).min()), float(fn(z).max()), 41) for name, fn in
-            (("max logit", stats.max_logit), ("centred max logit", stats.centred_max_logit), ("logit gap", stats.logit_gap))}
+    return {name: np.linspace(float(fn(z).min()), float(fn(z).max()), 41) for name, fn in plots.STATS.items()}
 
 
 def slider_static(lin: dict[str, Any], method: str = "closed_form") -> plt.Figure:
@@ -257,7 +254,7 @@ def flip_verdict(ss: list[dict[str, float]], rho_min: float = 0.5, ratio_band: t
 # ------------------------------------------------------------------------------------------ controls
 
 def controls_frame(rows: dict[str, list[dict[str, float]]]) -> pd.DataFrame:
-    cols = {"mean_max_logit": "max logit", "mean_centred_max_logit": "centred max logit", "mean_logit_gap": "logit gap",
+    cols = {f"mean_{k}": stats.STAT_LABELS[k] for k in stats.LOGIT_STATISTICS} | {
             "clean": "clean acc (%)", "pgd_ce": "PGD-CE acc (%)", "pgd_margin": "PGD-margin acc (%)",
             "worst": "acc under both (%)"}
     pct = {"clean", "pgd_ce", "pgd_margin", "worst"}
@@ -281,3 +278,27 @@ def control_verdict(iv: stats.Interval, enough: float = CONTROL_REPRODUCES, none
     if hi < none:
         return "no"
     return "partial"
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+def summary_section(ctx: Any, gauss: dict[str, Any], gauss_verdict: dict[str, Any], linear: dict[str, Any],
+                    checks: dict[str, Any], flip_radius: dict[str, Any], controls: dict[str, Any]) -> dict[str, Any]:
+    """Chapter 01's part of ``summary.json``: the Gaussian prediction per ε, the linear models' series and
+    verdicts, the closed-form checks, the flip radius and the controls."""
+    p, G = ctx.profile, ctx.profile.theory.gaussian
+    per_eps = [{"eps": r["eps"], "predicted_scale": r["predicted"]["scale"],
+                "trained_scale": r["trained"]["scale"].as_dict(),
+                "predicted_mean_margin": r["predicted"]["mean_margin"],
+                "mean_margin": r["trained"]["mean_margin"].as_dict(),
+                "predicted_mean_max_logit": r["predicted"]["mean_max_logit"],
+                "mean_max_logit": r["trained"]["mean_max_logit"].as_dict(),
+                "mean_centred_max_logit": r["trained"]["mean_centred_max_logit"].as_dict(),
+                "mean_logit_gap": r["trained"]["mean_logit_gap"].as_dict(),
+                "weight_norm": r["trained"]["weight_norm"].as_dict()} for r in gaussian_rows(gauss)]
+    return {"theory": {
+        "gaussian": {"settings": {k: getattr(G, k) for k in G.__dataclass_fields__}, "per_eps": per_eps,
+                     "verdict": gauss_verdict},
+        "linear": {"dataset": ctx.data.name, "n_train": p.theory.linear.n_train, "norm": "linf",
+                   "seeds": list(p.seeds), **linear},
+        "checks": checks, "flip_radius": flip_radius, "controls": controls}}

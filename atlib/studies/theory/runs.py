@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,72 +23,13 @@ from torch import nn
 
 from atlib.core import attacks
 from atlib.core import stats
-from atlib.core.store import artifact_key, code_version
+from atlib.core.store import artifact_key, code_version_of
+from atlib.studies.theory.settings import GaussianSettings, LinearSettings
 
 Tensor = torch.Tensor
 
 # p → q. The mutation check in tests/test_theory.py patches this table and asserts the checks fail.
 DUAL_NORM: dict[str, float] = {"linf": 1.0, "l2": 2.0}
-
-
-class UnknownSettingError(ValueError):
-    """A profile without settings for this chapter; the message lists the valid ones."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Settings per profile
-# ---------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GaussianSettings:
-    """Two Gaussian classes N(±μ, σ²I) in ``dim`` dimensions, ‖μ‖ = ``mu_norm``, an L2 adversary."""
-
-    dim: int = 10
-    mu_norm: float = 1.0
-    sigma: float = 0.75
-    n_train: int = 10_000
-    n_test: int = 10_000
-    steps: int = 700
-    lr: float = 1.0  # stable only while lr·(ε/‖w‖) stays small: the ‖w‖ term's curvature grows as the scale shrinks
-    eps_sweep: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
-
-
-@dataclass(frozen=True)
-class LinearSettings:
-    """Linear softmax models on flattened pixels: training subset, schedule, L∞ ε sweep, PGD steps."""
-
-    n_train: int
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    eps_sweep: tuple[float, ...]
-    pgd_steps: int  # PGD-AT's inner steps (step 2.5·ε/steps, random start)
-    check_steps: int = 20  # sign-step PGD used by the closed-form checks (no random start)
-
-
-LINEAR: dict[str, LinearSettings] = {
-    "smoke": LinearSettings(n_train=1000, epochs=8, batch_size=200, lr=0.2, weight_decay=5e-4,
-                            eps_sweep=(0.0, 0.05, 0.1, 0.2, 0.3), pgd_steps=5),
-    "fashion": LinearSettings(n_train=2000, epochs=6, batch_size=200, lr=0.05, weight_decay=5e-4,
-                              eps_sweep=(0.0, 0.05, 0.1, 0.15, 0.2), pgd_steps=5),
-    "mnist": LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.05, weight_decay=5e-4,
-                            eps_sweep=(0.0, 0.05, 0.1, 0.2, 0.3), pgd_steps=10),
-    "cifar10": LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.02, weight_decay=5e-4,
-                              eps_sweep=(0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255), pgd_steps=10),
-}
-GAUSSIAN: dict[str, GaussianSettings] = {
-    "smoke": GaussianSettings(n_train=3000, n_test=3000, steps=500, eps_sweep=(0.0, 0.2, 0.4, 0.6, 0.8)),
-    "fashion": GaussianSettings(), "mnist": GaussianSettings(), "cifar10": GaussianSettings(),
-}
-
-
-def settings(profile: str) -> tuple[GaussianSettings, LinearSettings]:
-    """This chapter's settings for ``profile``; an unknown name raises UnknownSettingError."""
-    if profile not in LINEAR or profile not in GAUSSIAN:
-        raise UnknownSettingError(f"no theory-chapter settings for profile {profile!r}; "
-                                  f"valid: {', '.join(LINEAR)}")
-    return GAUSSIAN[profile], LINEAR[profile]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -167,7 +107,7 @@ def pgd_pairwise_margins(W: Tensor, b: Tensor, x: Tensor, y: Tensor, eps: float,
     rows_n, rows_j = rows_n[keep], rows_j[keep]
     D = W[y[rows_n]] - W[rows_j]
     c = b[y[rows_n]] - b[rows_j]
-    cfg = attacks.AttackConfig(norm, eps, steps, 2.5 * eps / max(steps, 1), loss="margin", random_start=False)
+    cfg = attacks.AttackConfig(norm, eps, steps, attacks.madry_step(eps, steps), loss="margin", random_start=False)
     xa = attacks.make_attack(PairMargins(D, c), cfg)(x[rows_n], torch.zeros(len(rows_n), dtype=torch.long))
     out = torch.full((N, K), float("inf"), dtype=W.dtype)
     out[rows_n, rows_j] = (xa.flatten(1) * D).sum(1) + c
@@ -378,20 +318,15 @@ def linear_experiment(x_train: Tensor, y_train: Tensor, x_eval: Tensor, y_eval: 
 
 def cached_linear_experiment(ctx: Any, st: LinearSettings | None = None) -> dict[str, Any]:
     """``linear_experiment`` on the profile's data, through the artifact store."""
-    st = st or settings(ctx.profile.name)[1]
+    st = st or ctx.profile.theory.linear
     cfg = {"settings": st, "seeds": list(ctx.profile.seeds), "eval_subset": ctx.profile.eval_subset,
            "dataset": ctx.profile.dataset, "train_subset": ctx.profile.train_subset}
-    key = artifact_key("theory-linear", cfg, code_version([theory_module(), attacks, stats]), ctx.data.fingerprint)
+    # this module and its closure (attacks, stats): the whole linear experiment is defined here
+    key = artifact_key("theory-linear", cfg, code_version_of(__name__), ctx.data.fingerprint)
     payload, _ = ctx.store.get_or_compute(key, lambda: linear_experiment(
         ctx.data.train_x, ctx.data.train_y, ctx.eval_x, ctx.eval_y, ctx.data.num_classes, st, ctx.profile.seeds),
         meta=cfg)
     return payload
-
-
-def theory_module():  # noqa: ANN201 - the module object, for code_version
-    import sys
-
-    return sys.modules[__name__]
 
 
 STAT_NAMES = ("mean_max_logit", "mean_centred_max_logit", "mean_logit_gap", "mean_margin_correct", "weight_norm",

@@ -1,0 +1,49 @@
+"""Chapter 04's settings: the students, their schedule and the evaluation budget of distillation on clean inputs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Chapter 04 (distillation on clean inputs): the students, their schedule and the evaluation budget.
+
+    ``lrs[i]`` is the peak learning rate at ``temperatures[i]``: T and lr are chosen together (the
+    batchmean KL's gradient grows with T up to the centred logit difference / K). Students use the
+    profile's architecture at ``student_width``, SGD as in ``train.train`` and the profile's weight decay.
+    """
+
+    temperatures: tuple[float, ...] = (4.0, 30.0)
+    lrs: tuple[float, ...] = (0.02, 0.01)
+    alpha: float = 1.0  # KL weight (ARD's default); the hard-label control is alpha = 0 (plain CE)
+    student_width: int | None = 8  # None: the teachers' width
+    epochs: int = 4
+    batch_size: int = 128
+    eval_subset: int = 500  # the first N of the profile's evaluation subset
+    few_steps: int = 10  # PGD-CE steps of the "fewer steps" check
+    many_steps: int = 50  # PGD-CE steps run on the PGD-20 survivors
+    sweep_eps: tuple[float, ...] = (0.2, 0.3, 0.5)  # L∞ ε above the main one, attacked on survivors; ends at 0.5
+    remove_margin: float = 0.10  # an ablation "removes" robustness if its paired drop exceeds this (CI > 0)
+    equivalence_margin: float = 0.05  # ... and "keeps" it if the paired CI lies within ± this
+
+    def __post_init__(self) -> None:
+        if not self.temperatures or len(self.lrs) != len(self.temperatures):
+            raise ValueError(f"need one lr per temperature: temperatures={self.temperatures}, lrs={self.lrs}")
+        if any(not 0 < t < float("inf") for t in self.temperatures) or any(not lr > 0 for lr in self.lrs):
+            raise ValueError(f"temperatures and lrs must be finite and > 0: {self.temperatures}, {self.lrs}")
+        if not 0 <= self.alpha <= 1 or self.epochs < 1 or self.batch_size < 1 or self.eval_subset < 1:
+            raise ValueError("bad distillation settings: alpha in [0, 1], epochs, batch_size, eval_subset >= 1")
+        if not 0 < self.few_steps < self.many_steps:
+            raise ValueError(f"need 0 < few_steps ({self.few_steps}) < many_steps ({self.many_steps})")
+        if not self.sweep_eps or self.sweep_eps[-1] != 0.5 or list(self.sweep_eps) != sorted(set(self.sweep_eps)):
+            raise ValueError(f"sweep_eps={self.sweep_eps!r} must increase and end at L∞ 0.5 (where accuracy must be at chance)")
+        if not (0 < self.equivalence_margin <= self.remove_margin):
+            raise ValueError(f"need 0 < equivalence_margin ({self.equivalence_margin}) <= remove_margin "
+                             f"({self.remove_margin})")
+
+    def lr_at(self, T: float) -> float:
+        """The learning rate chosen for temperature ``T``."""
+        for t, lr in zip(self.temperatures, self.lrs):
+            if t == T:
+                return lr
+        raise ValueError(f"T={T!r} is not one of this profile's temperatures {self.temperatures}")

@@ -1,0 +1,25 @@
+"""The outcomes a pre-registered rule can give, one vocabulary for the chapters and the claims ledger.
+
+A chapter's rule (``studies/<chapter>/rules.py`` or its runs) writes one of these to ``summary.json``; the
+ledger (:mod:`atlib.book.claims`) maps it onto the four ledger verdicts. A ``StrEnum``: each member is its string,
+so summaries stay plain JSON and read back as the same values.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    """Outcomes of the book's verdict rules; the first four are the ledger's vocabulary."""
+
+    SUPPORTED = "supported"
+    NOT_SUPPORTED = "not supported"
+    INCONCLUSIVE = "inconclusive"
+    NOT_RUN = "not run"
+    CONTRADICTED = "contradicted"  # the data go against the claim (chapter 04's B and C)
+    UNDECIDED = "undecided"  # too few replicates for an interval
+    NOT_SEPARATED = "not separated from accuracy"  # chapter 03: (a) holds, the accuracy control does not separate
+    NOTHING_TO_ABLATE = "no distilled robustness to ablate"  # chapter 04: the full student is not robust
+
+
+LEDGER = (Verdict.SUPPORTED, Verdict.NOT_SUPPORTED, Verdict.INCONCLUSIVE, Verdict.NOT_RUN)
