@@ -81,7 +81,7 @@
 # The theory predicts the first three; for the raw max logit it predicts nothing.
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.studies.profiles.PROFILES
+profile = "fashion"  # a built-in profile (atlib.studies.profiles.PROFILES) or a TOML profile file
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -92,15 +92,10 @@ import pandas as pd
 import torch
 from IPython.display import Markdown, display
 
-from atlib.studies.theory import controls as C
-from atlib.studies.shrinkage import runs as ex
-from atlib.studies import context as cx
-from atlib.core import plots
-from atlib.studies.shrinkage import views as report
-from atlib.studies import prose
-from atlib.core import stats
-from atlib.studies.theory import runs as theory
-from atlib.studies.theory import views as V
+from atlib.core import plots, stats
+from atlib.studies import context as cx, prose
+from atlib.studies.shrinkage import runs as ex, views as report
+from atlib.studies.theory import controls as C, runs as theory, views as V
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 P = ctx.profile

@@ -39,7 +39,7 @@
 # model in eval mode. We evaluate the last-epoch weights (no early stopping on test data).
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.studies.profiles.PROFILES
+profile = "fashion"  # a built-in profile (atlib.studies.profiles.PROFILES) or a TOML profile file
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -48,13 +48,9 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 # %%
 from IPython.display import Markdown, display
 
-from atlib.studies.shrinkage import runs as ex
-
-from atlib.studies import context as cx
 from atlib.core import plots
-from atlib.studies.shrinkage import views as report
-from atlib.studies.shrinkage import rules
-from atlib.studies import prose
+from atlib.studies import context as cx, prose
+from atlib.studies.shrinkage import rules, runs as ex, views as report
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 P = ctx.profile

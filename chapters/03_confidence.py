@@ -59,7 +59,7 @@
 # model: the control matches accuracy, not every property of a finished model.
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.studies.profiles.PROFILES
+profile = "fashion"  # a built-in profile (atlib.studies.profiles.PROFILES) or a TOML profile file
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -71,12 +71,9 @@ import math
 import torch
 from IPython.display import Markdown, display
 
-from atlib.studies.confidence import runs as cf
-from atlib.studies.confidence import views as cp
-from atlib.studies.confidence import rules
-from atlib.studies import context as cx
 from atlib.core import plots
-from atlib.studies import prose
+from atlib.studies import context as cx, prose
+from atlib.studies.confidence import rules, runs as cf, views as cp
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 prose.glue_setting(ctx)  # the numbers the prose below quotes

@@ -62,7 +62,7 @@
 # students' schedule), no student diverged and none ended with a training loss above twice the median of
 # its ablation's seeds. It is chosen on the *training loss*, never on robustness, and the pilot is not
 # re-run by the book. For comparison, ARD's $\eta$ = {glue:text}`ard_lr` corresponds to {glue:text}`ard_lr_here` here
-# ($\eta_{\text{ARD}}/K$ with $K$ = {glue:text}`n_classes` classes). The values in use are in the settings table below; those of the other profiles are in `atlib/profiles.py` (the
+# ($\eta_{\text{ARD}}/K$ with $K$ = {glue:text}`n_classes` classes). The values in use are in the settings table below; those of the other profiles are in `atlib/studies/profiles.py` (the
 # `smoke` test profile's were picked for speed, the `mnist` and `cifar10` ones are untested).
 #
 # **Inputs.** The student sees only clean, *unaugmented* training images, and the targets are computed
@@ -71,7 +71,7 @@
 # also redraw the ablations, e.g. the shuffle below, every epoch.)
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.studies.profiles.PROFILES
+profile = "fashion"  # a built-in profile (atlib.studies.profiles.PROFILES) or a TOML profile file
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -80,13 +80,9 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 # %%
 from IPython.display import Markdown, display
 
-from atlib.studies.distillation import plots as dp
-from atlib.studies.distillation import views as rep
-from atlib.studies.distillation import rules
-from atlib.studies.distillation import runs as dr
-from atlib.studies import context as cx
 from atlib.core import plots
-from atlib.studies import prose
+from atlib.studies import context as cx, prose
+from atlib.studies.distillation import plots as dp, rules, runs as dr, views as rep
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 rep.glue_prose(ctx)  # the numbers the prose quotes

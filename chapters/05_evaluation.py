@@ -57,7 +57,7 @@
 # other models under L∞. A flag is reported, and explained below; it is never hidden by loosening a rule.
 
 # %% tags=["parameters"]
-profile = "fashion"  # one of atlib.studies.profiles.PROFILES
+profile = "fashion"  # a built-in profile (atlib.studies.profiles.PROFILES) or a TOML profile file
 results_dir = None  # where this chapter writes its part of summary.json and its figures
 cache_dir = None  # artifact cache (default: $ATLIB_CACHE or ~/.cache/atlib)
 data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system paths, download)
@@ -66,14 +66,11 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 # %%
 from IPython.display import Markdown, display
 
-from atlib.studies.audit import runs as audit
-from atlib.studies.audit import rules
-from atlib.studies.distillation import runs as distill_runs
 from atlib.core import plots
-from atlib.studies import prose
-from atlib.studies.audit import views as ar
+from atlib.studies import context as cx, prose
+from atlib.studies.audit import rules, runs as audit, views as ar
+from atlib.studies.distillation import runs as distill_runs
 from atlib.studies.shrinkage import runs as ex
-from atlib.studies import context as cx
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 S = ctx.profile.audit

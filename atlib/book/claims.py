@@ -13,8 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from atlib.studies.verdict import LEDGER as VERDICTS
-from atlib.studies.verdict import Verdict
+from atlib.studies.verdict import LEDGER as VERDICTS, Verdict
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = VERDICTS  # the ledger's four verdicts
 

@@ -98,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             from atlib.book.compute import compute_all
 
             print(f"in the cache: {compute_all(args.profile, args.cache_dir, args.data_root, args.device, args.workers)}")
-    except (BadInputError, DeviceError, DataNotFoundError) as e:  # bad input, caught before anything ran: exit 2
+    except (BadInputError, DeviceError, DataNotFoundError, UnknownProfileError) as e:  # bad input, before anything ran
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (UnknownProfileError, DataNotFoundError, BookError) as e:
+    except BookError as e:  # a chapter or the HTML build failed while running
         print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, UnknownProfileError) else 1
+        return 1
     return 0
 
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from atlib.studies import context as cx
 from atlib.studies.audit import runs as audit
 from atlib.studies.confidence import runs as confidence
 from atlib.studies.distillation import runs as distill_runs
-from atlib.training import distributed
-from atlib.studies.shrinkage import runs as ex
-from atlib.studies import context as cx
 from atlib.studies.profiles import Profile
+from atlib.studies.shrinkage import runs as ex
+from atlib.training import distributed
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,12 @@ from typing import Any
 
 import yaml
 
-from atlib.book import claims
-from atlib.book import pages
+from atlib.book import claims, pages
 from atlib.book.progress import ChapterProgress
-from atlib.training import pool
-from atlib.studies.profiles import DEFAULT_PROFILE, PROFILES, Profile, get_profile, profile_toml
 from atlib.core.data import check_data_root
 from atlib.core.runtime import device_name, pick_device
+from atlib.studies.profiles import DEFAULT_PROFILE, Profile, PROFILES, get_profile, profile_toml
+from atlib.training import pool
 
 REPO = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")

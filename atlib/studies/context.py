@@ -19,8 +19,8 @@ import torch
 from atlib.core import data
 from atlib.core.runtime import pick_device, progress_default, strict_determinism
 from atlib.core.store import Store
-from atlib.training import distributed, pool
 from atlib.studies.profiles import Profile, get_profile
+from atlib.training import distributed, pool
 
 Tensor = torch.Tensor
 

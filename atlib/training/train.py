@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from atlib.training import checkpoint as ckpt
-from atlib.training import distributed as ddp
 from atlib.core import stats
 from atlib.core.attacks import AttackConfig, Shard, make_attack
 from atlib.core.data import augment
+from atlib.training import checkpoint as ckpt, distributed as ddp
 
 Tensor = torch.Tensor
 

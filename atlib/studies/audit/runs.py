@@ -31,13 +31,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atlib.core import compat
-from atlib.training import evaluate
 from atlib.core.attacks import AttackConfig, madry_step
+from atlib.training import evaluate
 from atlib.training.masking import CHANCE_EPS, masking_checks, noise_threshold, same_family  # noqa: F401 (re-exported)
-from atlib.studies.audit.settings import AuditSettings
-from atlib.studies.audit.rules import attack_flags
 from atlib.core.runtime import progress_default
 from atlib.core.store import Store, artifact_key, code_version_of, model_hash, tensor_hash
+from atlib.studies.audit.rules import attack_flags
+from atlib.studies.audit.settings import AuditSettings
 from atlib.training.train import correct
 
 Tensor = torch.Tensor

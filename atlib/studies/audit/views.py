@@ -14,14 +14,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from atlib.core import attacks
-from atlib.core import stats
+from atlib.core import attacks, stats
 from atlib.core.attacks import AttackConfig
 from atlib.studies.audit.rules import APGD_GAP, TORCHATTACKS_GAP
 from atlib.studies.audit.runs import (
     ATTACKS, SCHEMA, AuditSettings, Target, _cached, correct, model_hash, student_targets, tensor_hash, torchattacks_version, training_targets)
-from atlib.studies.prose import fmt
 from atlib.core.store import Store
+from atlib.studies.prose import fmt
 
 Tensor = torch.Tensor
 

@@ -19,14 +19,13 @@ from typing import Any
 
 import torch
 
-from atlib.core import data
-from atlib.core import stats
-from atlib.training import train
-from atlib.studies.confidence.settings import SELECT_ON
-from atlib.studies.shrinkage import runs as ex
-from atlib.studies import context as cx
-from atlib.studies.profiles import ModelSpec
+from atlib.core import data, stats
 from atlib.core.store import artifact_key, code_version_of
+from atlib.studies import context as cx
+from atlib.studies.confidence.settings import SELECT_ON
+from atlib.studies.profiles import ModelSpec
+from atlib.studies.shrinkage import runs as ex
+from atlib.training import train
 
 SCHEMA = 1
 

@@ -24,13 +24,13 @@ from scipy import stats as sps
 
 from atlib.studies.shrinkage import runs as ex
 
-from atlib.studies import context as cx
 from atlib.core import stats
-from atlib.studies.confidence.matched import MatchedControl, matched_control
-from atlib.studies.profiles import ModelSpec
-from atlib.studies.confidence.settings import ConfidenceSettings
 from atlib.core.runtime import progress_default
 from atlib.core.stats import kendall, spearman
+from atlib.studies import context as cx
+from atlib.studies.confidence.matched import MatchedControl, matched_control
+from atlib.studies.confidence.settings import ConfidenceSettings
+from atlib.studies.profiles import ModelSpec
 
 Tensor = torch.Tensor
 

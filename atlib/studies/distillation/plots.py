@@ -8,9 +8,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from atlib.core.plots import COLORS
 from atlib.studies.distillation.runs import Grid
 from atlib.studies.distillation.targets import ABLATIONS, TeacherLogits
-from atlib.core.plots import COLORS
 
 
 def targets_figure(t: TeacherLogits, index: int, T: float, classes: Sequence[str], seed: int = 0) -> plt.Figure:

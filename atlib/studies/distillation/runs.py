@@ -16,20 +16,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from atlib.core import attacks
-from atlib.core import data
-from atlib.training import distill
-from atlib.studies.distillation import targets as distill_targets
-from atlib.studies.shrinkage import runs as experiments
-from atlib.studies import context as cx
-from atlib.training import masking
-from atlib.core import models
-from atlib.training import train
-from atlib.studies.distillation.targets import TeacherLogits, get_ablation
-from atlib.studies.shrinkage.runs import Context, ModelRun
-from atlib.studies.profiles import ModelSpec
+from atlib.core import attacks, data, models
 from atlib.core.runtime import progress_default, seed_everything
 from atlib.core.store import artifact_key, code_version_of, model_hash, tensor_hash
+from atlib.studies import context as cx
+from atlib.studies.distillation import targets as distill_targets
+from atlib.studies.distillation.targets import TeacherLogits, get_ablation
+from atlib.studies.profiles import ModelSpec
+from atlib.studies.shrinkage import runs as experiments
+from atlib.studies.context import Context
+from atlib.studies.shrinkage.runs import ModelRun
+from atlib.training import distill, masking, train
 
 Tensor = torch.Tensor
 SCHEMA = 1  # bump when the orchestration here (targets, seeds, the survivor chain) or a payload layout changes

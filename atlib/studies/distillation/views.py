@@ -9,11 +9,11 @@ import pandas as pd
 import torch
 
 from atlib.core import stats
-from atlib.studies.distillation.runs import Grid, StudentRun, eval_attacks
 from atlib.studies.distillation.rules import classify
+from atlib.studies.distillation.runs import Grid, StudentRun, eval_attacks
 from atlib.studies.distillation.targets import ABLATIONS, properties
-from atlib.studies.shrinkage.runs import Context
 from atlib.studies.prose import fmt, glue, glue_setting, t_factor
+from atlib.studies.context import Context
 
 # per-student accuracies: summary key -> robustness mask
 METRICS = {"clean": "clean", "pgd_ce": "ce", "pgd_margin": "margin", "robust": "robust", "worst": "worst",

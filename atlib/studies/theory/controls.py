@@ -16,16 +16,14 @@ import torch
 from scipy import stats as sps
 from torch import nn
 
-from atlib.core import attacks
-from atlib.training import evaluate
-from atlib.studies.shrinkage import runs as experiments
-from atlib.studies import context as cx
-from atlib.core import stats
-from atlib.studies.theory import runs as theory
-from atlib.training import train
-from atlib.studies.profiles import ModelSpec
-from atlib.studies.theory.settings import DeepSettings
+from atlib.core import attacks, stats
 from atlib.core.store import artifact_key, code_version_of
+from atlib.studies import context as cx
+from atlib.studies.profiles import ModelSpec
+from atlib.studies.shrinkage import runs as experiments
+from atlib.studies.theory import runs as theory
+from atlib.studies.theory.settings import DeepSettings
+from atlib.training import evaluate, train
 
 Tensor = torch.Tensor
 KINDS = ("label_smoothing", "logit_squeeze", "loss_temperature")

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from scipy import optimize
 from torch import nn
 
-from atlib.core import attacks
-from atlib.core import stats
+from atlib.core import attacks, stats
 from atlib.core.store import artifact_key, code_version_of
 from atlib.studies.theory.settings import GaussianSettings, LinearSettings
 

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 
 from atlib.core import plots, stats
-from atlib.studies.theory import runs as theory
 from atlib.core.plots import BOOK_WIDTH, panel_grid, shared_legend
 from atlib.studies.prose import fmt
+from atlib.studies.theory import runs as theory
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 CHECK_TOL = 1e-5  # the closed form must match PGD, and the binary bound be exact, to this (float64)
