@@ -123,6 +123,7 @@ def _outputs(nb: dict) -> str:
     return json.dumps([c.get("outputs", []) for c in nb["cells"]])
 
 
+@pytest.mark.slow  # starts a Jupyter kernel
 def test_chapter_progress_on_the_terminal_never_in_the_notebook(tmp_path):
     """Two cells, run as the book runs them: the terminal shows the chapter, its cells and the time; the notebook
     holds only what the cells printed (and, in the book build, no echo of glued values)."""
@@ -163,6 +164,7 @@ def test_glue_shows_values_outside_the_book_build(monkeypatch, capsys):
     assert "glued" not in capsys.readouterr().out
 
 
+@pytest.mark.slow  # starts a Jupyter kernel
 def test_glue_echo_in_an_interactive_kernel(tmp_path, monkeypatch):
     """Run as in JupyterLab (a kernel without ATBOOK_BUILD): one ``glued:`` line per cell in that cell's output."""
     import nbformat

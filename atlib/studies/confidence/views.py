@@ -23,7 +23,7 @@ DIRECTIONS = {"AT ≫ std": ("std", "at"), "std ≫ AT": ("at", "std")}  # (a, b
 
 
 def fmt_pairs(iv: stats.Interval, digits: int = 3) -> str:
-    """``report.fmt`` for an interval over seed *pairs*."""
+    """``prose.fmt`` for an interval over seed *pairs*."""
     return fmt(iv, digits).replace(" seeds)", " pairs)").replace(" seed)", " pair)")
 
 

@@ -1,6 +1,6 @@
 """Chapter 04's cached experiments: teacher outputs, distilled students, their attacks and masking checks.
 
-The teachers are chapter 02's standard and main L∞-AT models, obtained through ``experiments.model_run``
+The teachers are chapter 02's standard and main L∞-AT models, obtained through ``shrinkage.model_run``
 (trained once for the whole book). Student ``seed`` is distilled from the teachers of the same seed, is
 initialised and shuffled with it, and (for ``shuffle_nonmax``) draws its permutation from it: the seed
 pairs students across ablations. Every artifact is keyed by everything that determines it, including
@@ -23,7 +23,7 @@ from atlib.studies import context as cx
 from atlib.studies.distillation import targets as distill_targets
 from atlib.studies.distillation.targets import TeacherLogits, get_ablation
 from atlib.studies.profiles import ModelSpec
-from atlib.studies.shrinkage import runs as experiments
+from atlib.studies.shrinkage import runs as shrinkage
 from atlib.studies.context import Context
 from atlib.studies.shrinkage.runs import ModelRun
 from atlib.training import distill, masking, train
@@ -51,7 +51,7 @@ def teacher_specs(ctx: Context) -> dict[str, ModelSpec]:
 
 def teachers(ctx: Context, seed: int, progress: bool | None = None) -> dict[str, ModelRun]:
     """Chapter 02's AT and standard models of ``seed`` (cache hits when chapter 02 ran first)."""
-    return {k: experiments.model_run(ctx, spec, seed, progress) for k, spec in teacher_specs(ctx).items()}
+    return {k: shrinkage.model_run(ctx, spec, seed, progress) for k, spec in teacher_specs(ctx).items()}
 
 
 def teacher_outputs(ctx: Context, tea: dict[str, ModelRun]) -> TeacherLogits:
@@ -283,7 +283,7 @@ def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
     progress = progress_default() if progress is None else progress
     t0 = time.perf_counter()
     seeds = ctx.profile.seeds
-    cx.fill(ctx, [(experiments.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
+    cx.fill(ctx, [(shrinkage.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
                      "teachers", progress)
     tea = {s: teachers(ctx, s, progress) for s in seeds}
     outs = {s: teacher_outputs(ctx, tea[s]) for s in seeds}

@@ -26,7 +26,7 @@ PILOT_LR_GRID = (0.01, 0.015, 0.02, 0.03, 0.05)
 
 def glue_prose(ctx: Context) -> None:
     """Glue every number chapter 04's prose quotes (settings of this profile, ARD's defaults, the t factor),
-    on top of :func:`report.glue_setting`'s."""
+    on top of :func:`prose.glue_setting`'s."""
     s, k = ctx.profile.distill, ctx.data.num_classes
     glue_setting(ctx)
     temps = [f"{T:g}" for T in s.temperatures]

@@ -1,7 +1,7 @@
 """Deep nets in the light of the linear theory (chapter 01): first-order flip radius vs bisection, and
 the shrinkage controls (label smoothing, logit squeezing, loss temperature).
 
-Chapter 02's standard and AT models are obtained through ``experiments.model_run`` (never retrained
+Chapter 02's standard and AT models are obtained through ``shrinkage.model_run`` (never retrained
 here). The controls are standard models of the same architecture, data subset, schedule and seeds,
 trained with one extra regulariser each and cached through the artifact store.
 """
@@ -20,7 +20,7 @@ from atlib.core import attacks, stats
 from atlib.core.store import artifact_key, code_version_of
 from atlib.studies import context as cx
 from atlib.studies.profiles import ModelSpec
-from atlib.studies.shrinkage import runs as experiments
+from atlib.studies.shrinkage import runs as shrinkage
 from atlib.studies.theory import runs as theory
 from atlib.studies.theory.settings import DeepSettings
 from atlib.training import evaluate, train
@@ -33,7 +33,7 @@ KIND_LABELS = {"label_smoothing": "label smoothing α", "logit_squeeze": "logit 
 
 def _code() -> str:
     """This module's import closure (the linear theory, chapter 02's runs, train, evaluate, attacks): every
-    artifact here is computed by this module's functions; the models' own code also enters via ``experiments.CODE``."""
+    artifact here is computed by this module's functions; the models' own code also enters via ``shrinkage.CODE``."""
     return code_version_of(__name__)
 
 
@@ -96,11 +96,11 @@ def flip_radius(ctx: cx.Context, spec: ModelSpec, seed: int, st: DeepSettings | 
     """Predicted vs bisection flip radius (L∞) on the first ``n_flip`` correctly classified evaluation
     samples of chapter 02's model ``spec``/``seed``, cached."""
     st = st or ctx.profile.theory.deep
-    cfg = {"model": experiments.run_config(ctx, spec, seed), "model_code": experiments.CODE, "settings": st}
+    cfg = {"model": shrinkage.run_config(ctx, spec, seed), "model_code": shrinkage.CODE, "settings": st}
     key = artifact_key("theory-flip", cfg, _code(), ctx.data.fingerprint)
 
     def compute() -> dict[str, Any]:
-        run = experiments.model_run(ctx, spec, seed)
+        run = shrinkage.model_run(ctx, spec, seed)
         correct = (run.logits["clean"].argmax(1) == run.labels).nonzero().squeeze(1)[:st.n_flip]
         x, y = ctx.eval_x[correct.to(ctx.device)], ctx.eval_y[correct.to(ctx.device)]
         t0 = time.perf_counter()
@@ -139,10 +139,10 @@ def control_model(ctx: cx.Context, kind: str, strength: float, seed: int,
     (the first ``n_calib`` training images) and on the evaluation subset."""
     n_calib = n_calib or ctx.profile.theory.deep.n_calib
     tcfg = control_config(ctx, kind, strength)
-    cfg = {"run": experiments.run_config(ctx, ModelSpec("standard"), seed) | {"train": tcfg},
-           "n_calib": n_calib, "model_code": experiments.CODE}
+    cfg = {"run": shrinkage.run_config(ctx, ModelSpec("standard"), seed) | {"train": tcfg},
+           "n_calib": n_calib, "model_code": shrinkage.CODE}
     key = artifact_key("theory-control", cfg, _code(), ctx.data.fingerprint)
-    model = experiments.build(ctx, seed)
+    model = shrinkage.build(ctx, seed)
 
     def compute() -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -166,8 +166,8 @@ def linf_attacks(ctx: cx.Context) -> dict[str, Any]:
 def control_eval(ctx: cx.Context, kind: str, strength: float, seed: int) -> dict[str, Tensor]:
     """Clean and attacked logits of a control model on the evaluation subset, cached."""
     model, payload = control_model(ctx, kind, strength, seed)
-    cfg = {"run": experiments.run_config(ctx, ModelSpec("standard"), seed) | {"train": control_config(ctx, kind, strength)},
-           "attacks": linf_attacks(ctx), "model_code": experiments.CODE}
+    cfg = {"run": shrinkage.run_config(ctx, ModelSpec("standard"), seed) | {"train": control_config(ctx, kind, strength)},
+           "attacks": linf_attacks(ctx), "model_code": shrinkage.CODE}
     key = artifact_key("theory-control-eval", cfg, _code(), ctx.data.fingerprint)
     out, _ = ctx.store.get_or_compute(key, lambda: evaluate.evaluate(model, ctx.eval_x, ctx.eval_y, linf_attacks(ctx),
                                                                       seed), meta=cfg)
