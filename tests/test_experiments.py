@@ -113,8 +113,8 @@ def test_cli_unknown_profile():
 def test_cli_missing_data_says_how_to_get_it(tmp_path):
     r = _cli("compute", "--profile", "mnist", "--data-root", str(tmp_path), "--cache-dir", str(tmp_path / "c"),
              env_extra={"ATLIB_DATA": str(tmp_path)})
-    assert r.returncode == 1
-    assert "mnist: dataset not found" in r.stderr and "internet" in r.stderr and "--data-root" in r.stderr
+    assert r.returncode == 2  # bad input: an explicit data root without the data stops before anything runs
+    assert "holds none of the mnist files" in r.stderr and "internet" in r.stderr and "--data-root" in r.stderr
     assert "Traceback" not in r.stderr
 
 
