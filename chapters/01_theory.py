@@ -135,11 +135,11 @@ prose.setting_table(ctx)
 # scale is within {glue:text}`gauss_tol` of $c^*(\varepsilon)$.
 
 # %%
-gauss = theory.gaussian_experiment(G, P.seeds)
+gauss = theory.gaussian_experiment(G, P.side_seed_list)
 gv = V.gaussian_verdict(gauss, rel_tol=GAUSS_TOL)
 display(Markdown(f"Setting: $d={G.dim}$, $\\|\\mu\\|={G.mu_norm}$, $\\sigma={G.sigma}$, {G.n_train} training and "
                  f"{G.n_test} test points per seed, {G.steps} full-batch gradient-descent steps (momentum 0.9, "
-                 f"lr {G.lr}), seeds {', '.join(map(str, P.seeds))}; intervals are {prose.ci_label()} t-intervals over seeds."))
+                 f"lr {G.lr}), seeds {', '.join(map(str, P.side_seed_list))}; intervals are {prose.ci_label()} t-intervals over seeds."))
 fig = V.gaussian_figure(gauss)
 _ = plots.save(fig, results_dir, "theory_gaussian")
 V.gaussian_frame(gauss)
@@ -200,7 +200,7 @@ pd.DataFrame({"value": {
 # %%
 display(Markdown(f"{L.n_train} training images of {ctx.data.name}, {L.epochs} epochs, batch {L.batch_size}, lr "
                  f"{L.lr} (linear decay), weight decay {L.weight_decay}, PGD-AT with {L.pgd_steps} steps; "
-                 f"{len(ctx.eval_y)} evaluation images; seeds {', '.join(map(str, P.seeds))}."))
+                 f"{len(ctx.eval_y)} evaluation images; seeds {', '.join(map(str, P.side_seed_list))}."))
 fig = V.linear_figure(lin)
 _ = plots.save(fig, results_dir, "theory_linear_sweep")
 
@@ -238,7 +238,7 @@ slider = V.epsilon_slider(lin, "closed_form")  # evaluate `slider` in a live ses
 # flips the sample, found by bisection on $[0, \varepsilon_{\max}]$ (each probe an $L_\infty$ PGD with the
 # margin loss, random start, step {glue:text}`madry_step`$\,\varepsilon/\text{steps}$; a sample counts as flipped if any iterate
 # is misclassified; samples not flipped at $\varepsilon_{\max}$ are censored there). Models: chapter 02's
-# standard and main $L_\infty$-AT models, every seed, on their first correctly classified evaluation
+# standard and main $L_\infty$-AT models, the side seeds (`Profile.side_seeds`), on their first correctly classified evaluation
 # images. The first-order picture ignores the box and the curvature: it should *over*estimate the
 # radius where the margin bends down faster than linearly.
 #
@@ -249,7 +249,8 @@ slider = V.epsilon_slider(lin, "closed_form")  # evaluate `slider` in a live ses
 # %%
 deep_runs = ex.training_runs(ctx, (P.model_specs()[0], P.main_at))  # chapter 02's models, trained once
 deep = {"standard": report.runs_of(deep_runs, P.model_specs()[0]), P.main_at.label: report.runs_of(deep_runs, P.main_at)}
-flips = {label: [C.flip_radius(ctx, r.spec, r.seed, D) for r in rs] for label, rs in deep.items()}
+flips = {label: [C.flip_radius(ctx, r.spec, r.seed, D) for r in rs if r.seed in P.side_seed_list]
+         for label, rs in deep.items()}
 flip_sums = {label: [C.flip_summary(f) for f in fs] for label, fs in flips.items()}
 flip_v = {label: V.flip_verdict(ss) for label, ss in flip_sums.items()}
 _v = next(iter(flip_v.values()))
@@ -257,7 +258,7 @@ for name, value in {"flip_rho_min": _v["rho_min"], "flip_lo": _v["ratio_band"][0
     prose.glue(name, value)
 display(Markdown(f"{D.n_flip} correctly classified images per model; PGD-{D.flip_steps} margin probes, "
                  f"{D.bisect_iters} bisection steps on [0, {D.eps_max}] (resolution "
-                 f"{D.eps_max / 2 ** D.bisect_iters:.2g}); seeds {', '.join(map(str, P.seeds))}."))
+                 f"{D.eps_max / 2 ** D.bisect_iters:.2g}); seeds {', '.join(map(str, P.side_seed_list))}."))
 fig = V.flip_figure(flips, D.eps_max)
 _ = plots.save(fig, results_dir, "theory_flip_radius")
 V.flip_frame(flip_sums)
@@ -320,7 +321,7 @@ for k, per_seed in C.control_evals(ctx, cal).items():
 atk = C.linf_attacks(ctx)
 display(Markdown(f"Clean logit statistics on the {len(ctx.eval_y)} evaluation images and accuracy under "
                  f"{atk['linf_ce'].label} and {atk['linf_margin'].label} (random start); mean ± {prose.ci_label()} t-interval "
-                 f"over seeds {', '.join(map(str, P.seeds))}."))
+                 f"over seeds {', '.join(map(str, P.side_seed_list))}."))
 V.controls_frame(ctrl_rows)
 
 # %%

@@ -19,7 +19,9 @@
 #
 # The paper's first claim is that adversarial training (AT) *lowers, on average, the max logit and the
 # logit gap* (top-1 minus top-2 logit). This chapter trains standard and PGD-AT models on the chosen
-# profile's dataset, several seeds each, and measures their logits.
+# profile's dataset, several seeds each, and measures their logits. The standard and main AT models have the
+# profile's full set of seeds ({glue:text}`n_seeds`: chapter 03's intervals need them); the other models of the
+# ε sweep and the L2-AT models have the first `side_seeds` of them.
 #
 # For a sample with logits $z \in \mathbb{R}^K$ we record
 #
@@ -50,7 +52,7 @@ from IPython.display import Markdown, display
 
 from atlib.core import plots
 from atlib.studies import context as cx, prose
-from atlib.studies.shrinkage import rules, runs as ex, views as report
+from atlib.studies.shrinkage import convergence as conv, rules, runs as ex, views as report
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 P = ctx.profile
@@ -134,11 +136,31 @@ fig = plots.training_curves(
 plots.save(fig, results_dir, "training_curves");
 
 # %% [markdown]
+# ### Trained to convergence?
+#
+# A model that is still improving would make every later comparison one between unfinished models. The
+# convergence pilot (run once per profile, not by the book: it trains every model twice as long) trains the
+# standard, main AT and matched models (chapter 03's control) of every seed at this schedule and at twice its
+# epochs. The rule, fixed before the pilot ran: the schedule **converges** if doubling the epochs moves the
+# standard and the matched models' clean accuracy (whole test set) by less than {glue:text}`conv_clean_pp` pp and the
+# main AT model's robust accuracy (evaluation subset, PGD-CE and PGD-margin) by less than {glue:text}`conv_robust_pp` pp,
+# seed means. The record quoted
+# below is the one committed for this profile (commit {glue:text}`pilot_commit`, run {glue:text}`pilot_date`).
+
+# %%
+pilot = conv.pilot_record(P)
+prose.glue("conv_clean_pp", f"{100 * conv.CRITERIA['standard_clean']:g}")
+prose.glue("conv_robust_pp", f"{100 * conv.CRITERIA['at_robust_linf_ce']:g}")
+prose.glue("pilot_commit", pilot["commit"][:12] if pilot else "none recorded")
+prose.glue("pilot_date", pilot["date"] if pilot else "never")
+display(Markdown(conv.convergence_text(pilot, P)))
+
+# %% [markdown]
 # ## A sweep over the training $\varepsilon$
 #
 # L∞-AT at each training $\varepsilon$ of the sweep ($\varepsilon=0$ is the standard model), evaluated
 # on clean inputs; accuracy under the main L∞ PGD-CE attack for reference. Error bars are {glue:text}`ci` t-intervals
-# over seeds. If shrinkage is a dose–response effect of the adversary's budget, the statistics should
+# over the side seeds (the same seeds at every $\varepsilon$). If shrinkage is a dose–response effect of the adversary's budget, the statistics should
 # fall as $\varepsilon$ grows.
 
 # %%
@@ -173,4 +195,5 @@ _ = cx.write_section(results_dir, "training", {
     "shrinkage": {"base": "standard", "treated": P.main_at.name, "clean": shrink,
                   "attacked_linf_ce": rules.paired_shrinkage(runs, P.model_specs()[0], P.main_at, "linf_ce")},
     "eps_sweep": sweep_records,
+    "convergence": conv.convergence_section(pilot, P),
 })

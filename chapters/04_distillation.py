@@ -170,7 +170,7 @@ prose.setting_table(ctx)
 #
 # > For each ablation and $T$, $\Delta$ = robust accuracy of the ablation's student − that of the `full`
 # > student of the same seed; mean over seeds with a Student-t {glue:text}`ci` interval (factor {glue:text}`t_n` for
-# > {glue:text}`n_seeds` seeds). The ablation **removes robustness** if the mean $\Delta$ is below −(removal margin) and the
+# > {glue:text}`n_side_seeds` seeds). The ablation **removes robustness** if the mean $\Delta$ is below −(removal margin) and the
 # > interval lies below zero; it **keeps robustness** if the interval lies inside ±(equivalence margin); else
 # > it **reduces** it (interval below zero), **raises** it (interval above zero), or the result is
 # > **inconclusive**. A row with a flagged student becomes *flagged* unless it already removes or reduces

@@ -83,18 +83,19 @@ prose.setting_table(ctx)
 # %% [markdown]
 # ## The models and the attacks
 #
-# The models are every model of chapter 02 (loaded from the artifact cache, not retrained). The table
+# The models are every model of chapter 02 of the side seeds (`Profile.side_seeds`: chapter 02 trains its standard
+# and main AT models with more seeds, for chapter 03's intervals), loaded from the artifact cache, not retrained. The table
 # lists what each column of the results ran; atlib's PGD numbers are the ones chapter 02 computed and
 # cached, with the model's seed seeding the random start, and the oracles are seeded by the same seed.
 # Audit results are cached per model under a key made of a hash of the model's weights, the samples, the
 # attack settings and the code.
 
 # %%
-runs = ex.training_runs(ctx)
+runs = ex.training_runs(ctx, seeds=ctx.profile.side_seed_list)
 records = audit.audit_runs(ctx, runs)
 display(Markdown(f"{len(records)} models of chapter 02, each audited on the first {records[0]['n']} samples of the "
                  f"fixed evaluation subset of {ctx.data.name}; oracles seeded by each model's seed "
-                 f"({', '.join(map(str, ctx.profile.seeds))})."))
+                 f"({', '.join(map(str, ctx.profile.side_seed_list))})."))
 ar.attack_table(records, S)
 
 # %% [markdown]
@@ -195,7 +196,7 @@ grid = distill_runs.run_grid(ctx)  # cached by chapter 04
 student_records = audit.audit_students(ctx, grid)
 audited_seeds = sorted({r["seed"] for r in student_records})
 display(Markdown(f"{len(student_records)} students (seeds {', '.join(map(str, audited_seeds))} of the "
-                 f"{len(ctx.profile.seeds)} that chapter 04 trains), each audited on the first "
+                 f"{len(ctx.profile.side_seed_list)} that chapter 04 trains), each audited on the first "
                  f"{student_records[0]['n']} samples of the evaluation subset; accuracy in percent"
                  + (f", mean ± half-width of the {prose.ci_label()} t-interval over seeds." if len(audited_seeds) > 1
                     else " (one seed: no interval; chapter 04 gives every seed's robust accuracy under atlib's PGD).")))

@@ -118,7 +118,7 @@ def test_cached_model_run_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     from atlib.studies import context as cx
     from atlib.studies.profiles import get_profile
 
-    p = dataclasses.replace(get_profile("smoke"), epochs=3, seeds=(0,))
+    p = dataclasses.replace(get_profile("smoke"), epochs=3, seeds=(0,), side_seeds=None)
     spec = p.main_at
     ctx = cx.context(p, tmp_path / "interrupted", workers=1)
     real_save, saves = ckpt.save, []

@@ -21,11 +21,10 @@ def shrinkage(gap, max_logit, n=3):
                                     "mean_centred_max_logit": shrink_stat(-1.0, -1.5, -0.5, n)}}}
 
 
-def confidence(outcome, n_pairs=6):
-    rho = {"value": 0.8, "ci": [0.78, 0.82], "pairs": [{"a": "x", "b": "y", "value": 0.8}] * n_pairs}
-    return {"confidence": {"spearman": {k: dict(rho) for k in ("std_vs_at", "std_vs_std", "at_vs_at",
-                                                                "std_matched_vs_at")},
-                           "verdict": {"outcome": outcome}}}
+def confidence(outcome, n_units=6):
+    rho = {"value": 0.8, "ci": [0.78, 0.82], "n": n_units, "units": [{"a": "x", "b": "y", "value": 0.8}] * n_units}
+    keys = ("std_vs_at", "std_vs_std", "at_vs_at", "std_vs_matched", "matched_vs_matched", "std_at_minus_std_matched")
+    return {"confidence": {"spearman": {k: dict(rho) for k in keys}, "verdict": {"outcome": outcome}}}
 
 
 def distillation(*outcomes):
@@ -63,12 +62,14 @@ def test_shrinkage_rule(gap, max_logit, n, expected):
 
 @pytest.mark.parametrize("outcome, expected", [
     ("supported", SUPPORTED), ("not supported", NOT_SUPPORTED),
-    ("not separated from accuracy", INCONCLUSIVE), ("undecided", INCONCLUSIVE), ("something new", NOT_RUN)])
+    ("not separated from accuracy", INCONCLUSIVE), ("inconclusive", INCONCLUSIVE), ("undecided", INCONCLUSIVE),
+    ("something new", NOT_RUN)])
 def test_confidence_mapping(outcome, expected):
     e = claims.judge_confidence(confidence(outcome))
     assert e.verdict == expected
     if expected != NOT_RUN:
-        assert e.values["ρ std vs AT"] == "0.8 [0.78, 0.82] (6 seed pairs)"
+        assert e.values["ρ std vs AT"] == "0.8 [0.78, 0.82] (6 units)"
+        assert e.values["Δ = ρ(std, AT) − ρ(std, matched)"] == "+0.8 [+0.78, +0.82] (6 units)"
 
 
 @pytest.mark.parametrize("outcomes, expected", [

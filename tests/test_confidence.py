@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from atlib.studies.confidence import runs as cf
+from atlib.studies.confidence import early as ce
 from atlib.studies.confidence import matched as cm
 from atlib.studies.confidence import views as cp
 from atlib.studies.confidence import rules
 from atlib.studies.shrinkage import runs as ex
 from atlib.studies import context as cx
 from atlib.studies.profiles import ModelSpec, get_profile
+from atlib.training import train
 
 
 # ------------------------------------------------------------------------------------ known answers
@@ -56,12 +58,30 @@ def test_interval_helper_covers_at_nominal_rate():
     assert 0.93 <= hits / 2000 <= 0.97, hits / 2000
 
 
-def test_seed_pairs_never_pair_a_seed_with_itself():
-    assert cf.seed_pairs([2, 0, 1]) == [(0, 1), (0, 2), (1, 2)]
-    cross = cf.seed_pairs([0, 1, 2], [0, 1, 2])
-    assert len(cross) == 6 and all(i != j for i, j in cross)
-    vals = cf.pair_values(lambda a, b: a * 10 + b, {0: 0, 1: 1}, {0: 0, 1: 1})
-    assert vals == [(0, 1, 1.0), (1, 0, 10.0)]
+def test_units_use_each_model_at_most_once():
+    seeds = [0, 1, 2, 3, 4, 5]
+    assert cf.cross_units(seeds, 1) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0)]
+    assert cf.cross_units(seeds, 2) == [(0, 2), (1, 3), (2, 4), (3, 5), (4, 0), (5, 1)]
+    assert cf.null_units(seeds) == [(0, 1), (2, 3), (4, 5)] and cf.null_units([3, 7, 9]) == [(3, 7)]
+    for units in (cf.cross_units(seeds, 1), cf.cross_units(seeds, 2)):
+        a, b = zip(*units)
+        assert sorted(a) == sorted(b) == seeds, "each model of each family once"
+        assert all(i != j for i, j in units), "no unit pairs two models of one seed"
+    vals = cf.unit_values(lambda x, y: 10 * x + y, {0: 0, 1: 1, 2: 2}, {0: 0, 1: 1, 2: 2}, offset=1)
+    assert vals == [(0, 1, 1.0), (1, 2, 12.0), (2, 0, 20.0)]
+    with pytest.raises(ValueError, match="same seeds"):
+        cf.unit_values(lambda x, y: 0.0, {0: 0, 1: 1}, {0: 0, 2: 2})
+    # Δ is formed unit by unit from the two comparisons that share the standard model
+    z = {f: {s: torch.randn(50, 4, generator=torch.Generator().manual_seed(7 * s + len(f))) for s in seeds}
+         for f in ("std", "at", "matched")}
+    c = cf.comparisons(z, cf.spearman)
+    assert set(c) == {"std_vs_at", "std_vs_matched", "matched_vs_at", "std_vs_std", "at_vs_at",
+                      "matched_vs_matched", "std_at_minus_std_matched"}, "families absent (early) are skipped"
+    d = c["std_at_minus_std_matched"]
+    assert d["n"] == 6 and c["std_vs_std"]["n"] == 3
+    for u, x, y in zip(d["units"], c["std_vs_at"]["units"], c["std_vs_matched"]["units"]):
+        assert u["value"] == pytest.approx(x["value"] - y["value"]) and u["std"] == x["a"] == y["a"]
+        assert u["matched"] == y["b"] and u["at"] == x["b"]
 
 
 def test_jaccard_topk_and_effect_size():
@@ -85,22 +105,56 @@ def test_nearest_other_class_distance_and_contrast():
 
 
 def _iv(value, hw, n=3):
-    return {"value": value, "ci": [value - hw, value + hw], "n": n, "pairs": []}
+    return {"value": value, "ci": [value - hw, value + hw], "n": n}
 
 
-@pytest.mark.parametrize("cross,matched,matched_null,n,outcome", [
-    (0.80, 0.80, 0.95, 3, "supported"),
-    (0.80, 0.97, 0.95, 3, "not separated from accuracy"),
-    (0.80, 0.80, 0.70, 3, "not separated from accuracy"),
-    (0.96, 0.80, 0.95, 3, "not supported"),
-    (0.80, 0.80, 0.95, 1, "undecided"),
+@pytest.mark.parametrize("cross,null_n,m_null,matched,delta,outcome,abc", [
+    (0.80, 3, 0.95, True, -0.05, "supported", (True, True, True)),
+    (0.80, 3, 0.95, True, -0.01, "not separated from accuracy", (True, True, False)),  # Δ's interval reaches 0
+    (0.80, 3, 0.95, False, -0.05, "inconclusive", (True, False, None)),  # not matched
+    (0.80, 3, 0.79, True, -0.05, "inconclusive", (True, False, None)),  # the control's own null is as low
+    (0.96, 3, 0.79, False, -0.05, "not supported", (False, None, None)),  # (a) first: nothing else checked
+    (0.80, 1, 0.95, True, -0.05, "undecided", (None, None, None)),
 ])
-def test_verdict_applies_the_rule(cross, matched, matched_null, n, outcome):
-    c = {"std_vs_at": _iv(cross, 0.01), "std_vs_std": _iv(0.97, 0.01, n), "at_vs_at": _iv(0.98, 0.01),
-         "std_matched_vs_at": _iv(matched, 0.01), "std_matched_vs_std_matched": _iv(matched_null, 0.01)}
-    v = rules.verdict(SimpleNamespace(correlations={"spearman": c}))
+def test_verdict_applies_the_rule_in_order(cross, null_n, m_null, matched, delta, outcome, abc):
+    c = {"std_vs_at": _iv(cross, 0.01, 6), "std_vs_std": _iv(0.97, 0.01, null_n), "at_vs_at": _iv(0.98, 0.01),
+         "matched_vs_matched": _iv(m_null, 0.01), "std_at_minus_std_matched": _iv(delta, 0.02, 6)}
+    v = rules.decide(c, matched)
     assert v["outcome"] == outcome
-    assert v["rule"] == rules.RULE
+    assert (v["a_differs_from_nulls"], v["c_control_usable"], v["b_not_explained_by_accuracy"]) == abc
+    an = SimpleNamespace(correlations={"spearman": c}, matched=SimpleNamespace(matched=matched, max_gap=0.015))
+    assert rules.verdict(an)["outcome"] == outcome and "1.5 pp" in rules.verdict(an)["rule"]
+
+
+def test_grid_and_matched_schedule():
+    g = cm.n_grid(10_000, 100)
+    assert g[-1] == 10_000 and g[0] >= 100 and list(g) == sorted(set(g))
+    assert all(b / a <= 2 ** 0.5 * 1.001 for a, b in zip(g, g[1:])), "neighbours at most √2 apart"
+    assert g[0] / 100 < 2 ** 0.5, "the grid reaches down to grid_min"
+    p = get_profile("fashion")
+    for n in g:
+        q = cm.matched_profile(p, 10_000, n)
+        assert q.train_subset == n and q.width == p.width and q.lr == p.lr
+        steps, steps_n = p.epochs * math.ceil(10_000 / p.batch_size), q.epochs * math.ceil(n / p.batch_size)
+        assert abs(steps_n - steps) <= math.ceil(n / p.batch_size) / 2, "the same number of SGD steps"
+    assert cm.matched_profile(get_profile("smoke"), 1437, 1437).train_subset is None, "the grid's top is the model"
+    with pytest.raises(ValueError, match="grid_min"):
+        cm.n_grid(100, 200)
+
+
+def test_calibration_bisects_to_the_closest_n(monkeypatch, tmp_path):
+    ctx = cx.context("smoke", cache_dir=str(tmp_path / "c"), device="cpu", workers=1)
+    st = dataclasses.replace(ctx.profile.confidence, grid_min=20, calib_seeds=2)
+    acc = {n: 1 - 30 / (n + 30) for n in cm.n_grid(len(ctx.data.train_y), 20)}  # rises with n
+    trained = []
+    monkeypatch.setattr(cm, "matched_model", lambda c, n, s: trained.append((n, s)) or n)
+    monkeypatch.setattr(cm, "_select_acc", lambda models, sel: [0.9 if m == "AT" else acc[m] for m in models])
+    cal = cm.calibrate(ctx, ["AT", "AT"], st)
+    best = min(acc, key=lambda n: abs(acc[n] - 0.9))
+    assert cal.target == 0.9 and cal.n == best and cal.monotone
+    assert len(cal.evaluated) <= math.ceil(math.log2(len(cal.grid))) + 2 < len(cal.grid), "bisection, not a sweep"
+    assert {s for _, s in trained} == set(ctx.profile.seeds[:2]) and cal.calib_seeds == ctx.profile.seeds[:2]
+    assert cal.epochs == cm.matched_profile(ctx.profile, len(ctx.data.train_y), best).epochs
 
 
 # -------------------------------------------------------------------------------------- error paths
@@ -119,7 +173,7 @@ def test_error_paths():
         cf.topk_set(torch.zeros(3), 0)
     with pytest.raises(ValueError, match="at least one value"):
         cf.effect_size([], [1.0])
-    with pytest.raises(ValueError, match="no seed pairs"):
+    with pytest.raises(ValueError, match="no units"):
         cf.summarise([], ("a", "b"))
     with pytest.raises(ValueError, match="differ in length"):
         cf.nearest_other_class_distance(torch.zeros(2, 1, 1, 2), torch.zeros(3, dtype=torch.long),
@@ -161,21 +215,33 @@ def warm(smoke_book):
 
 def test_chapter_page_and_summary_section(warm):
     html = (warm["out"] / "_build" / "html" / "03_confidence.html").read_text()
-    assert "seed-to-seed null" in html and "Traceback" not in html
+    assert "seed-to-seed null" in html and "Traceback" not in html and "Not explained by accuracy" in html
     imgs = re.findall(r'<img[^>]+src="([^"]+\.png)"', html)
     assert len(imgs) >= 4, "scatter, two grids and the static browser view"
     assert "VBox(" not in html and "HBox(" not in html, "no raw widget repr in the rendered book"
     s = json.loads(warm["summary"].read_text())["confidence"]
-    assert set(s) == {"spearman", "kendall", "effect_size", "topk_jaccard", "verdict", "shown_indices"}
+    p = get_profile("smoke")
+    assert s["n_test"] == 360 and s["seeds"] == list(p.seeds), "confidence on the whole test set"
     for metric in ("spearman", "kendall"):
-        assert set(s[metric]) == {"std_vs_at", "std_vs_std", "at_vs_at", "std_matched_vs_at"}
-        for c in s[metric].values():
-            assert set(c) == {"value", "ci", "pairs"} and -1 <= c["value"] <= 1 and c["pairs"]
-            assert all(p["a"] != p["b"] for p in c["pairs"])
-    assert s["verdict"]["outcome"] in {"supported", "not separated from accuracy", "not supported", "undecided"}
+        assert set(s[metric]) == {"std_vs_at", "std_vs_std", "at_vs_at", "std_vs_matched", "matched_vs_at",
+                                  "matched_vs_matched", "early_vs_at", "early_vs_early", "std_at_minus_std_matched"}
+        for key, c in s[metric].items():
+            assert set(c) == {"value", "ci", "n", "units"} and -2 <= c["value"] <= 2 and c["n"] == len(c["units"])
+            models = [m for u in c["units"] for k, m in u.items() if k != "value"]
+            if key != "std_at_minus_std_matched":
+                assert len(models) == len(set(models)) or len(p.seeds) <= 2, f"{key}: a model in two units"
+        assert s[metric]["std_vs_std"]["n"] == len(p.seeds) // 2
+    m = s["matched_control"]
+    assert m["n"] in m["grid"] and str(m["n"]) in m["select_acc"] and set(m["test_acc"]) == {str(x) for x in p.seeds}
+    mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
+    assert m["gap"] == pytest.approx(mean(m["test_acc"]) - mean(m["at_test_acc"]))
+    assert m["matched"] == (abs(m["gap"]) <= m["max_gap"])
+    v = s["verdict"]
+    assert v["outcome"] in {"supported", "not separated from accuracy", "not supported", "inconclusive", "undecided"}
+    assert {"a_differs_from_nulls", "c_control_usable", "b_not_explained_by_accuracy", "matched"} <= set(v)
     shown = s["shown_indices"]["std_vs_at"]
-    assert len(shown["b_over_a_test_index"]) == get_profile("smoke").confidence.n_show
-    figs = {p.name for p in (warm["out"] / "results" / "figures").glob("confidence_*.png")}
+    assert len(shown["b_over_a_test_index"]) == p.confidence.n_show
+    figs = {f.name for f in (warm["out"] / "results" / "figures").glob("confidence_*.png")}
     assert {"confidence_scatter.png", "confidence_grid_std_vs_at.png", "confidence_grid_std_vs_std.png",
             "confidence_browser_static.png"} <= figs
 
@@ -189,17 +255,20 @@ def test_chapter_does_not_retrain(warm, monkeypatch):
 
     monkeypatch.setattr("atlib.training.train.train", no_training)
     an = cf.analyse(ctx, progress=False)
-    assert an.models_cached and all(m.cached for m in an.matched.runs)
-    # the early-stopped control is chapter 02's standard run: its last epoch reproduces the cached model
+    assert an.models_cached
     std = {r.seed: r for r in ex.training_runs(ctx, (ModelSpec("standard"),), progress=False)}
+    x = ctx.data.test_x
     for seed in ctx.profile.seeds:
-        snap, hit = cm.std_snapshots(ctx, seed, "train", 0)
-        assert hit and torch.equal(snap["eval_logits"][-1], std[seed].logits["clean"])
-    # the selected epoch is the one whose selection accuracy is closest to the AT target
-    for m in an.matched.runs:
-        gaps = [abs(a - an.matched.target) for a in m.select_acc]
-        assert gaps[m.epoch - 1] == min(gaps)
-        assert torch.equal(m.logits, cm.std_snapshots(ctx, m.seed, "train", 0)[0]["eval_logits"][m.epoch - 1])
+        ref = train.predict(std[seed].model, x)
+        # the early-stopped snapshots re-run chapter 02's standard run: the last epoch reproduces it
+        snap, hit = ce.std_snapshots(ctx, seed, "train", 0)
+        assert hit and torch.equal(snap["test_logits"][-1], ref)
+        e = an.early[seed]
+        gaps = [abs(a - an.matched.calibration.target) for a in e.select_acc]
+        assert gaps[e.epoch - 1] == min(gaps) and torch.equal(e.logits, snap["test_logits"][e.epoch - 1])
+        # the matched model at the grid's top (every training image) is chapter 02's standard model itself
+        assert torch.equal(train.predict(cm.matched_model(ctx, len(ctx.data.train_y), seed), x), ref)
+        assert torch.equal(an.logits["std"][seed], ref)
     # the browser builds, and its static figure rejects a bad direction
     w = cp.browser(an)
     assert len(w.children) == 3

@@ -116,7 +116,7 @@ from atlib.studies import context as cx
 from atlib.training.distributed import init_from_env
 from atlib.studies.profiles import get_profile
 assert init_from_env()
-p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), linf_sweep=(0.0, 0.1), train_subset=265)
+p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), side_seeds=None, linf_sweep=(0.0, 0.1), train_subset=265)
 ctx = cx.context(p, sys.argv[1])
 runs = ex.training_runs(ctx, progress=False)
 assert len(runs) == 3 and not any(r.cached for r in runs)
@@ -135,7 +135,7 @@ def test_training_runs_under_two_ranks_store_one_copy_equal_to_one_process(tmp_p
 
     cache, world = tmp_path / "cache", 2
     _run_ranks(RUNS, str(cache), world)
-    p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), linf_sweep=(0.0, 0.1), train_subset=265)
+    p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), side_seeds=None, linf_sweep=(0.0, 0.1), train_subset=265)
     written = sorted(f.name.split("-")[0] for f in cache.glob("*.pt"))
     assert written == ["evaluation"] * 3 + ["model"] * 3, written  # one copy each, no stray temp files
     assert not list(cache.glob(".*.tmp")) and not list((cache / "checkpoints").glob("*"))

@@ -45,7 +45,7 @@ def test_unknown_profile_lists_valid_ones():
 
 
 def _tiny(tmp_path):
-    p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), eval_steps=3)
+    p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), side_seeds=None, eval_steps=3)
     return cx.context(p, cache_dir=str(tmp_path / "cache"), device="cpu")
 
 

@@ -88,9 +88,11 @@ def judge_shrinkage(s: Mapping[str, Any]) -> Entry:
 
 # ------------------------------------------------------------------------------------------------ claim 2
 CONFIDENCE_MAP = {Verdict.SUPPORTED: SUPPORTED, Verdict.NOT_SUPPORTED: NOT_SUPPORTED,
-                  Verdict.NOT_SEPARATED: INCONCLUSIVE, Verdict.UNDECIDED: INCONCLUSIVE}
+                  Verdict.NOT_SEPARATED: INCONCLUSIVE, Verdict.INCONCLUSIVE: INCONCLUSIVE,
+                  Verdict.UNDECIDED: INCONCLUSIVE}
 CONFIDENCE_ROWS = {"std_vs_at": "ρ std vs AT", "std_vs_std": "ρ std vs std (null)", "at_vs_at": "ρ AT vs AT (null)",
-                   "std_matched_vs_at": "ρ early-stopped std vs AT"}
+                   "std_vs_matched": "ρ std vs matched", "matched_vs_matched": "ρ matched vs matched (null)",
+                   "std_at_minus_std_matched": "Δ = ρ(std, AT) − ρ(std, matched)"}
 
 
 def judge_confidence(s: Mapping[str, Any]) -> Entry:
@@ -99,7 +101,7 @@ def judge_confidence(s: Mapping[str, Any]) -> Entry:
         return _missing("confidence", "no `confidence` section (chapter 03 not run)")
     try:
         rho = sec["spearman"]
-        values = {label: interval(rho[k], n_key="pairs", what="seed pairs", signed=False)
+        values = {label: interval(rho[k], what="units", signed=k.startswith("std_at_minus"))
                   for k, label in CONFIDENCE_ROWS.items()}
         outcome = sec["verdict"]["outcome"]
     except (KeyError, TypeError, ValueError) as e:
@@ -167,13 +169,15 @@ CLAIMS: dict[str, Claim] = {c.key: c for c in (
     Claim("confidence", "2. Confidence differences",
           "Standard and AT models differ significantly in which samples are confident.",
           "03_confidence", "confidence",
-          "Spearman's ρ between two models' per-sample confidence (top-class log-odds) on the evaluation "
-          "subset, one value per seed pair, mean with a 95% Student-t interval over pairs: standard vs AT "
-          "against the seed-to-seed nulls, and an early-stopped standard model at AT's accuracy vs AT.",
-          "chapter 03's rule, fixed before its numbers, mapped: its *supported* (std vs AT below both nulls, and "
-          "still below at matched accuracy) → **supported**; its *not supported* (std vs AT not below both "
-          "nulls) → **not supported**; its *not separated from accuracy* and *undecided* (an interval on fewer "
-          "than two seed pairs) → **inconclusive**.",
+          "Spearman's ρ between two models' per-sample confidence (top-class log-odds) on the whole test set, "
+          "mean with a 95% Student-t interval over units in which each model appears once: standard vs AT "
+          "against the seed-to-seed nulls, and against standard models trained to convergence on fewer images "
+          "to AT's clean accuracy (the matched control).",
+          "chapter 03's rule, fixed before its numbers, mapped: its *supported* ((a) std vs AT below both nulls, "
+          "(c) a matched control whose own null lies above std vs AT, (b) Δ = ρ(std, AT) − ρ(std, matched) below "
+          "0) → **supported**; its *not supported* ((a) fails) → **not supported**; its *inconclusive* ((c) "
+          "fails), *not separated from accuracy* ((b) fails) and *undecided* (an interval on fewer than two "
+          "units) → **inconclusive**.",
           judge_confidence),
     Claim("distillation", "3. Distillation",
           "Some robustness distils from an AT teacher on clean inputs, and the teacher's information about the "

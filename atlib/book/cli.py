@@ -1,13 +1,15 @@
-"""``python -m atlib {book,html,compute,bench}``: build the executed book, re-render it, fill the cache without
-notebooks, or benchmark adversarial training against a plain loop.
+"""``python -m atlib {book,html,compute,pilot,bench}``: build the executed book, re-render it, fill the cache without
+notebooks, run the convergence pilot (the profile's models again at twice their epochs), or benchmark
+adversarial training against a plain loop.
 
 Exit codes: 0 done; 2 bad input, reported as one ``error: ...`` line before anything ran or was written (an
-unknown profile, a bad --device / --workers / --out, a data root without the data); 1 a chapter or the HTML
+unknown profile, a bad --device / --workers / --executor / --out, a data root without the data); 1 a chapter or the HTML
 build failed while running (the message says where; a failed chapter's notebook is kept).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from atlib.studies.profiles import DEFAULT_PROFILE, PROFILES
@@ -22,6 +24,22 @@ def _workers(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _executor(text: str) -> str:
+    from atlib.training.executor import ExecutorError, parse_executor
+
+    try:
+        return parse_executor(text, "--executor")
+    except ExecutorError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_executor(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", type=_executor, default=None,
+                        help="where cached jobs run: local (worker processes here, the default), dask-local:N (a Dask "
+                             "cluster of N single-thread processes here) or tcp://HOST:PORT (a running Dask scheduler; "
+                             "README, 'Several machines'); default $ATLIB_EXECUTOR, else local")
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bn = sub.add_parser("bench", help="time atlib's PGD adversarial-training epoch against a plain reference loop")
     bn.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18"))
@@ -34,6 +52,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                     "channels_last, fused SGD, torch.compile; $ATLIB_COMPILE=0 turns off compile alone)")
     bn.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     bn.add_argument("--json", default=None, help="also write the measurements to this JSON file")
+    bn.add_argument("--ensemble", action="store_true", help="instead: 6 small CNNs one by one vs one torch.func.vmap "
+                                                            "over their stacked weights (one thread, CPU)")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -41,6 +61,11 @@ def _bench(args: argparse.Namespace) -> int:
     from atlib.training.bench import BenchConfig
     from atlib.training.bench import main as bench_main
 
+    if args.ensemble:
+        from atlib.training.ensemble_bench import ensemble_vs_sequential
+
+        print(json.dumps(ensemble_vs_sequential(repeats=args.repeats * 7), indent=1))
+        return 0
     try:
         bench_main(BenchConfig(args.model, args.batch_size, args.steps, args.n_images, args.repeats, args.device,
                                fast=not args.no_fast, threads=args.threads), args.json)
@@ -50,9 +75,8 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m atlib", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+def _common() -> argparse.ArgumentParser:
+    """The options every profile command shares."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", default=DEFAULT_PROFILE,
                         help=f"one of: {', '.join(PROFILES)} (default {DEFAULT_PROFILE}), or a TOML profile file "
@@ -63,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--workers", type=_workers, default=None,
                         help="processes for independent cached jobs, one thread each (default $ATLIB_WORKERS, else "
                              "one per CPU core up to 8 on the CPU, 1 on CUDA or for the smoke profile)")
+    _add_executor(common)
+    return common
+
+
+def _add_book(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     b = sub.add_parser("book", parents=[common], help="execute the chapters with papermill and build the HTML book")
     b.add_argument("--out", default=None, help=f"output folder (default: book/, the published book, for "
                                                f"{DEFAULT_PROFILE}; _build/books/<profile>/ for any other profile)")
@@ -76,29 +105,57 @@ def main(argv: list[str] | None = None) -> int:
     h = sub.add_parser("html", help="build the HTML of an executed book without executing anything (refreshes the "
                                     "hand-written pages and the claims ledger)")
     h.add_argument("--out", default=None, help="the executed book's folder (default: book/)")
+
+
+def _add_pilot(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    pl = sub.add_parser("pilot", parents=[common], help="convergence: train the standard, main AT and matched models "
+                                                        "at the profile's schedule and at twice its epochs")
+    pl.add_argument("which", choices=("convergence",))
+    pl.add_argument("--out", default=None, help="where to write the record (default: results/<profile>/"
+                                                "pilot_convergence.json, which chapter 02 quotes)")
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    from atlib.book.runner import render_book, run_book
+
+    if args.cmd == "book":
+        run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html,
+                 record=args.record, workers=args.workers, executor=args.executor)
+    elif args.cmd == "html":
+        print(f"HTML: {render_book(args.out) / 'index.html'}")
+    elif args.cmd == "pilot":
+        from atlib.book.pilot import run_pilot
+
+        print(f"pilot record: {run_pilot(args.profile, args.out, args.cache_dir, args.data_root, args.device, args.workers)}")
+    else:
+        from atlib.book.compute import compute_all
+
+        done = compute_all(args.profile, args.cache_dir, args.data_root, args.device, args.workers, args.executor)
+        print(f"in the cache: {done}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atlib", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    common = _common()
+    _add_book(sub, common)
     sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")
+    _add_pilot(sub, common)
     _add_bench(sub)
     args = ap.parse_args(argv)
-
     if args.cmd == "bench":
         return _bench(args)
 
-    from atlib.book.runner import BadInputError, BookError, render_book, run_book
+    from atlib.book.runner import BadInputError, BookError
     from atlib.core.data import DataNotFoundError
     from atlib.core.runtime import DeviceError
     from atlib.studies.profiles import UnknownProfileError
+    from atlib.training.executor import ExecutorError
 
     try:
-        if args.cmd == "book":
-            run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html,
-                     record=args.record, workers=args.workers)
-        elif args.cmd == "html":
-            print(f"HTML: {render_book(args.out) / 'index.html'}")
-        else:
-            from atlib.book.compute import compute_all
-
-            print(f"in the cache: {compute_all(args.profile, args.cache_dir, args.data_root, args.device, args.workers)}")
-    except (BadInputError, DeviceError, DataNotFoundError, UnknownProfileError) as e:  # bad input, before anything ran
+        _dispatch(args)
+    # bad input, before anything ran
+    except (BadInputError, DeviceError, DataNotFoundError, UnknownProfileError, ExecutorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BookError as e:  # a chapter or the HTML build failed while running

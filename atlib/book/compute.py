@@ -41,9 +41,12 @@ class Computed:
 
 
 def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
-                device: str | None = None, workers: int | None = None) -> Computed:
-    """Run chapters 02–05's cached experiment functions in book order; returns what was computed."""
-    ctx = cx.context(profile, cache_dir, data_root, device, workers)
+                device: str | None = None, workers: int | None = None, executor: str | None = None) -> Computed:
+    """Run chapters 02–05's cached experiment functions in book order; returns what was computed.
+
+    ``executor``: where the cache-filling jobs run (``local``, ``dask-local:N``, ``tcp://HOST:PORT``; see
+    :func:`atlib.studies.context.context`)."""
+    ctx = cx.context(profile, cache_dir, data_root, device, workers, executor)
     ddp = distributed.init_from_env(ctx.device)  # under torchrun: chapter 02's models with DDP, a shard per rank
     runs = ex.training_runs(ctx)  # chapter 02 (and 01, 03, 05 reuse them)
     if ddp:
@@ -51,9 +54,10 @@ def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root:
         torch.distributed.destroy_process_group()
         if rank != 0:  # rank 0 (which wrote the models) goes on alone with the rest
             return Computed(len(runs), sum(r.cached for r in runs), 0, 0, 0, 0)
-    confidence.analyse(ctx, data_root)  # chapter 03: the early-stopped, accuracy-matched control
+    confidence.analyse(ctx, data_root)  # chapter 03: the accuracy-matched control and the early-stopped snapshots
     grid = distill_runs.run_grid(ctx)  # chapter 04
-    records = audit.audit_runs(ctx, runs) + audit.audit_students(ctx, grid)  # chapter 05
+    side = [r for r in runs if r.seed in ctx.profile.side_seed_list]  # chapter 05 audits the side seeds' models
+    records = audit.audit_runs(ctx, side) + audit.audit_students(ctx, grid)  # chapter 05
     students = grid.students + grid.ceiling
     return Computed(len(runs), sum(r.cached for r in runs), len(students), sum(s.cached for s in students),
                     len(records), sum(bool(r["cached"]) for r in records))

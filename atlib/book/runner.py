@@ -32,6 +32,7 @@ from atlib.book.progress import ChapterProgress
 from atlib.core.data import check_data_root
 from atlib.core.runtime import device_name, pick_device
 from atlib.studies.profiles import DEFAULT_PROFILE, Profile, PROFILES, get_profile, profile_toml
+from atlib.training import executor as engines
 from atlib.training import pool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -280,6 +281,19 @@ def _preflight(p: Profile, out: str | os.PathLike | None, device: str | None, da
     return dev, n_workers, out_dir
 
 
+def _preflight_executor(executor: str | None) -> str:
+    """The build's executor (``--executor`` or ``$ATLIB_EXECUTOR``), checked (a tcp:// scheduler must answer); an
+    explicit one is put in ``$ATLIB_EXECUTOR`` for the chapters' kernel (as ``--workers`` in ``$ATLIB_WORKERS``)."""
+    try:
+        spec = engines.default_executor() if executor is None else engines.parse_executor(executor)
+        engines.check_reachable(spec)
+    except engines.ExecutorError as e:
+        raise BadInputError(str(e)) from None
+    if executor is not None:
+        os.environ["ATLIB_EXECUTOR"] = spec
+    return spec
+
+
 def _run_chapters(srcs: list[Path], out_dir: Path, params: dict[str, Any], prov_of: tuple[Profile, str, str],
                   t0: float) -> dict[str, Any]:
     """Execute the chapters in one kernel, each with a progress line (:class:`ChapterProgress`), and finish their
@@ -307,17 +321,19 @@ def _run_chapters(srcs: list[Path], out_dir: Path, params: dict[str, Any], prov_
 
 def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None = None, cache_dir: str | None = None,
              data_root: str | None = None, device: str | None = None, html: bool = True,
-             record: bool = False, workers: int | None = None) -> Path:
+             record: bool = False, workers: int | None = None, executor: str | None = None) -> Path:
     """Execute every chapter for ``profile`` (a built-in name, a TOML profile file or a :class:`Profile`) into
     ``out`` and build the HTML; returns summary.json's path. The profile's resolved settings are written to
     ``<out>/profile.toml``; a profile that is not a built-in one reaches the chapters as that file.
 
     ``record``: after a successful build, also copy summary.json to ``results/<profile>/summary.json``.
     ``workers``: processes for the chapters' cache-filling jobs (``$ATLIB_WORKERS``; see :mod:`atlib.training.pool`).
+    ``executor``: where those jobs run, ``local``, ``dask-local:N`` or ``tcp://HOST:PORT`` (``$ATLIB_EXECUTOR``).
     Bad input fails before anything runs or is written: BadInputError, DeviceError, DataNotFoundError.
     """
     p = get_profile(profile)
     dev, n_workers, out_dir = _preflight(p, out, device, data_root, workers)
+    engine = _preflight_executor(executor)
     out_dir.mkdir(parents=True, exist_ok=True)
     pages.copy_pages(out_dir)
     results = out_dir / "results"
@@ -335,7 +351,8 @@ def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None
     # the kernel's device; for a CPU the machine's cores (the runner's own torch thread count may differ)
     machine = device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     t0 = time.perf_counter()
-    print(f"atbook: profile {p.name!r} on {device_name(dev)}, {n_workers} worker process(es) for cached jobs, "
+    jobs_on = f"{n_workers} worker process(es)" if engine == engines.LOCAL else f"Dask ({engine})"
+    print(f"atbook: profile {p.name!r} on {device_name(dev)}, {jobs_on} for cached jobs, "
           f"{len(srcs)} chapters → {out_dir}", flush=True)
     chapters = _run_chapters(srcs, out_dir, params, (p, machine, commit), t0)
     shutil.rmtree(out_dir / "_executing", ignore_errors=True)

@@ -1,8 +1,8 @@
 """What every chapter starts from: a profile bound to its data, evaluation subset, store and workers.
 
 ``context(profile, ...)`` loads the profile's data onto the compute device (memoised), fixes the evaluation
-subset and opens the artifact store; ``fill`` hands cache-filling jobs to worker processes; ``write_section``
-writes one chapter's part of ``summary.json``.
+subset and opens the artifact store; ``fill`` hands cache-filling jobs to worker processes (or to Dask:
+``$ATLIB_EXECUTOR``, :mod:`atlib.training.executor`); ``write_section`` writes one chapter's part of ``summary.json``.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import functools
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from atlib.core.runtime import pick_device, progress_default, strict_determinism
 from atlib.core.store import Store
 from atlib.studies.profiles import Profile, get_profile
 from atlib.training import distributed, pool
+from atlib.training import executor as engine
 
 Tensor = torch.Tensor
 
@@ -38,14 +39,17 @@ class Context:
     device: torch.device
     data_root: str | None = None
     workers: int = 1  # processes for cache-filling jobs (atlib.training.pool); 1: everything in-process
+    executor: str = engine.LOCAL  # or dask-local:N / tcp://HOST:PORT: the jobs go to Dask (atlib.training.executor)
 
 
 def context(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
-            device: str | None = None, workers: int | None = None) -> Context:
+            device: str | None = None, workers: int | None = None, executor: str | None = None) -> Context:
     """Load the profile's data onto the device and open the store (data loading is memoised).
 
     ``workers``: default ``$ATLIB_WORKERS``, else one per CPU core (at most 8) on the CPU for a profile
     whose jobs are worth a process (``Profile.pool_jobs``), else 1 (and always 1 on CUDA unless set).
+    ``executor``: ``local`` (the process pool), ``dask-local:N`` or ``tcp://HOST:PORT``; default
+    ``$ATLIB_EXECUTOR``, else ``local``. With Dask, every job not yet cached goes to the cluster, whatever ``workers``.
     """
     p = get_profile(profile)
     dev = pick_device(device)
@@ -54,20 +58,34 @@ def context(profile: str | Profile, cache_dir: str | None = None, data_root: str
     d = _load_data(p.dataset, data_root, str(dev)).subset(p.train_subset)
     idx = data.eval_indices(len(d.test_y), p.eval_subset)
     n = pool.default_workers(dev, p.pool_jobs) if workers is None else pool.parse_workers(workers)
+    ex = engine.default_executor() if executor is None else engine.parse_executor(executor)
     return Context(p, d, d.test_x[idx.to(dev)], d.test_y[idx.to(dev)], idx, Store(cache_dir), dev,
-                   None if data_root is None else str(data_root), n)
+                   None if data_root is None else str(data_root), n, ex)
 
 
 def fill(ctx: Context, jobs: Sequence[pool.Job], desc: str, progress: bool | None = None) -> int:
-    """Compute the jobs not yet in the store in ``ctx.workers`` single-thread processes (see :mod:`atlib.training.pool`);
-    returns how many ran. A no-op with one worker: the caller's own calls then compute in-process."""
-    if ctx.workers <= 1 or distributed.rank_world()[1] > 1:  # under torchrun the ranks share each job
-        return 0
-    todo = pool.missing(ctx.store, ctx, jobs)
+    """Compute the jobs not yet in the store in ``ctx.workers`` single-thread processes (:mod:`atlib.training.pool`),
+    or on the Dask executor ``ctx.executor`` (:mod:`atlib.training.executor`); returns how many ran. A no-op with
+    the local executor and one worker: the caller's own calls then compute in-process."""
+    if distributed.rank_world()[1] > 1 or (ctx.executor == engine.LOCAL and ctx.workers <= 1):
+        return 0  # under torchrun the ranks share each job
+    todo = pool.probe(ctx.store, ctx, jobs)
     progress = progress_default() if progress is None else progress
-    pool.run(todo, ctx.workers, context, (ctx.profile, str(ctx.store.root), ctx.data_root, str(ctx.device), 1),
-             desc=f"{ctx.profile.name}: {desc}", progress=progress)
+    desc = f"{ctx.profile.name}: {desc}"
+    if ctx.executor == engine.LOCAL:
+        pool.run([job for job, _ in todo], ctx.workers, context,
+                 (ctx.profile, str(ctx.store.root), ctx.data_root, str(ctx.device), 1, engine.LOCAL), desc=desc,
+                 progress=progress)
+    else:  # a worker's own GPU is "cuda" (its CUDA_VISIBLE_DEVICES), whichever the client uses
+        engine.run(ctx.store, todo, ctx.executor, worker_context, (ctx.profile, ctx.data_root, ctx.device.type),
+                   ctx.data.fingerprint, gpu=ctx.device.type == "cuda", desc=desc, progress=progress)
     return len(todo)
+
+
+def worker_context(store: Store, profile: Profile, data_root: str | None, device: str) -> Context:
+    """A Dask worker's context for one job: its private scratch store, its own data, everything in-process."""
+    ctx = context(profile, str(store.root), data_root, device, workers=1, executor=engine.LOCAL)
+    return replace(ctx, store=store)
 
 
 @functools.lru_cache(maxsize=4)

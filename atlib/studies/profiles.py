@@ -73,6 +73,7 @@ class Profile:
     train_steps: int
     eval_steps: int
     meant_for: str = "cpu"
+    side_seeds: int | None = None  # the first N seeds train everything but the standard and main AT models (None: all)
     pool_jobs: bool = True  # CPU: train independent models in worker processes (atlib.training.pool); off where jobs take ~1 s
     fast: bool = False  # on CUDA: train with atlib's fast path (bf16 autocast, channels_last, fused SGD, compile)
     theory: TheorySettings  # chapter 01
@@ -99,9 +100,23 @@ class Profile:
                              f"L∞ ε (linf_eps={self.linf_eps})")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds!r}: need at least one seed, each once")
+        if self.side_seeds is not None and not 1 <= self.side_seeds <= len(self.seeds):
+            raise ValueError(f"side_seeds={self.side_seeds!r}: between 1 and len(seeds)={len(self.seeds)}, or \"none\"")
 
     def with_seeds(self, seeds: tuple[int, ...] | list[int]) -> "Profile":
-        return replace(self, seeds=tuple(int(s) for s in seeds))
+        """This profile with other seeds (``side_seeds`` capped at their number)."""
+        seeds = tuple(int(s) for s in seeds)
+        side = None if self.side_seeds is None else min(self.side_seeds, len(seeds))
+        return replace(self, seeds=seeds, side_seeds=side)
+
+    @property
+    def side_seed_list(self) -> tuple[int, ...]:
+        """Seeds of the side experiments: the ε sweep, L2-AT, chapter 01's controls, chapter 04's students."""
+        return self.seeds if self.side_seeds is None else self.seeds[:self.side_seeds]
+
+    def seeds_for(self, spec: ModelSpec) -> tuple[int, ...]:
+        """Every seed for the standard and main AT models (chapters 02–03's k), the side seeds for the rest."""
+        return self.seeds if spec in (ModelSpec("standard"), self.main_at) else self.side_seed_list
 
     def model_specs(self) -> tuple[ModelSpec, ...]:
         """Standard, L∞-AT at every nonzero ε of the sweep, and L2-AT."""
@@ -138,12 +153,13 @@ class Profile:
 SMOKE_GRIDS = (("label_smoothing", (0.002, 0.01, 0.03)), ("logit_squeeze", (0.0001, 0.0005, 0.002)),
                ("loss_temperature", (0.6, 0.8, 0.95)))
 FASHION_GRIDS = (("label_smoothing", (0.1, 0.25)), ("logit_squeeze", (0.02, 0.08)), ("loss_temperature", (0.3, 0.5)))
-FULL_CONFIDENCE = ConfidenceSettings("train", 0, (10, 50, 100), 8, 50)  # selection on the training images
+# 5000 training images no model trains on (the profile trains on the rest) select the matched control
+HELD_OUT_CONFIDENCE = ConfidenceSettings("holdout", 5000, (10, 50, 100), 8, 50, grid_min=500, calib_seeds=2)
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile(name="smoke", description="scikit-learn's bundled 8×8 digits and a small MLP: the whole book in "
             "seconds, for tests",
-            dataset="digits", arch="mlp", width=64, train_subset=None, eval_subset=None, seeds=(0, 1),
+            dataset="digits", arch="mlp", width=64, train_subset=None, eval_subset=None, seeds=(0, 1, 2, 3), side_seeds=2,
             epochs=20, batch_size=64, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=0.5, train_steps=5, eval_steps=20,
             pool_jobs=False,  # each job ~1 s, a worker's start ~4 s: measured slower pooled
@@ -153,46 +169,51 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                 deep=DeepSettings(n_flip=100, flip_steps=10, bisect_iters=7, eps_max=0.5, n_calib=500,
                                   grids=SMOKE_GRIDS),
                 gaussian=GaussianSettings(n_train=3000, n_test=3000, steps=500, eps_sweep=(0.0, 0.2, 0.4, 0.6, 0.8))),
-            confidence=ConfidenceSettings("train", 0, (10, 50), 8, 30),
+            confidence=ConfidenceSettings("train", 0, (10, 50), 8, 30, grid_min=50),  # no spare images
             distill=DistillSettings(student_width=32, epochs=6, batch_size=128, lrs=(0.03, 0.015), eval_subset=200),
             # chapter 04's students of the first seed only (every recipe), for the book's time budget
             audit=AuditSettings(main_subset=None, masking_subset=200, apgd_steps=20, student_seeds=1)),
     Profile(name="fashion", description="Fashion-MNIST, a small stride-2 CNN, a 10k training subset and a fixed "
             "1k evaluation subset: the default book, minutes on a 2-core CPU",
-            dataset="fashion", arch="small_cnn", width=16, train_subset=10_000, eval_subset=1000, seeds=(0, 1, 2),
-            epochs=6, batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
+            dataset="fashion", arch="small_cnn", width=16, train_subset=10_000, eval_subset=1000,
+            seeds=(0, 1, 2, 3, 4, 5), side_seeds=3,
+            epochs=24,  # converged: results/fashion/pilot_convergence.json (python -m atlib pilot convergence)
+            batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=1.0, train_steps=5, eval_steps=20,
             theory=TheorySettings(
                 linear=LinearSettings(n_train=2000, epochs=6, batch_size=200, lr=0.05, weight_decay=5e-4,
                                       eps_sweep=(0.0, 0.05, 0.1, 0.15, 0.2), pgd_steps=5),
                 deep=DeepSettings(n_flip=200, flip_steps=10, bisect_iters=8, eps_max=0.5, n_calib=1000,
                                   grids=FASHION_GRIDS)),
-            confidence=ConfidenceSettings("holdout", 1000, (10, 50, 100), 8, 50),
+            confidence=ConfidenceSettings("holdout", 5000, (10, 50, 100), 8, 50, grid_min=100, calib_seeds=2),
             # chapter 04's students of the first seed only (every recipe), for the book's time budget
             audit=AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=25, restarts=3, student_seeds=1)),
-    Profile(name="mnist", description="MNIST, a wider small CNN on the full training set, L∞ ε=0.3 (Madry et al.'s "
-            "setting)",
-            dataset="mnist", arch="small_cnn", width=32, train_subset=None, eval_subset=1000, seeds=(0, 1, 2),
+    Profile(name="mnist", description="MNIST, a wider small CNN on 55k training images (5k held out), L∞ ε=0.3 "
+            "(Madry et al.'s setting)",
+            dataset="mnist", arch="small_cnn", width=32, train_subset=55_000, eval_subset=1000,
+            seeds=(0, 1, 2, 3, 4, 5),
+            side_seeds=3,  # 5000 training images held out to select chapter 03's matched control
             epochs=10, batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.3, linf_sweep=(0.0, 0.15, 0.3), l2_eps=2.0, train_steps=10, eval_steps=40,
             theory=TheorySettings(
                 linear=LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.05, weight_decay=5e-4,
                                       eps_sweep=(0.0, 0.05, 0.1, 0.2, 0.3), pgd_steps=10),
                 deep=DeepSettings(n_flip=200, flip_steps=20, bisect_iters=8, eps_max=0.5, n_calib=1000)),
-            confidence=FULL_CONFIDENCE,
+            confidence=HELD_OUT_CONFIDENCE,
             distill=DistillSettings(student_width=16, epochs=6, sweep_eps=(0.4, 0.5)),
             audit=AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100)),
     Profile(name="cifar10", description="CIFAR-10, PreActResNet-18 (CIFAR stem), PGD-10 L∞ 8/255 training: the "
             "paper's scale, for a GPU",
-            dataset="cifar10", arch="preact_resnet18", width=64, train_subset=None, eval_subset=1000,
-            seeds=(0, 1, 2), epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, augment=True,
+            dataset="cifar10", arch="preact_resnet18", width=64, train_subset=45_000, eval_subset=1000,
+            seeds=(0, 1, 2, 3, 4, 5), side_seeds=3,  # 5000 training images held out to select the matched control
+            epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, augment=True,
             linf_eps=8 / 255, linf_sweep=(0.0, 4 / 255, 8 / 255), l2_eps=0.5, train_steps=10, eval_steps=20,
             meant_for="gpu", fast=True,
             theory=TheorySettings(
                 linear=LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.02, weight_decay=5e-4,
                                       eps_sweep=(0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255), pgd_steps=10),
                 deep=DeepSettings(n_flip=500, flip_steps=20, bisect_iters=10, eps_max=32 / 255, n_calib=2000)),
-            confidence=FULL_CONFIDENCE,
+            confidence=HELD_OUT_CONFIDENCE,
             distill=DistillSettings(student_width=32, epochs=20, sweep_eps=(16 / 255, 0.1, 0.5)),
             audit=AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100)),
 )}

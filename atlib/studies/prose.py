@@ -75,11 +75,13 @@ def t_factor(n: int) -> float:
 
 def glue_setting(ctx: Context) -> None:
     """Glue what every chapter's prose quotes about the setting: ``ci`` (e.g. "95%"), ``seeds``, ``n_seeds``,
+    ``side_seeds``, ``n_side_seeds`` (the seeds of everything but the standard and main AT models),
     ``n_eval``, ``dataset``, ``linf_eps``, ``l2_eps``, ``train_steps``, ``eval_steps`` and ``madry_step``
     (the factor c of the training attack's step c·ε/steps)."""
     p = ctx.profile
     tr = p.train_config(p.main_at).attack
     for name, value in {"ci": ci_label(), "seeds": ", ".join(map(str, p.seeds)), "n_seeds": len(p.seeds),
+                        "side_seeds": ", ".join(map(str, p.side_seed_list)), "n_side_seeds": len(p.side_seed_list),
                         "n_eval": len(ctx.eval_y), "dataset": ctx.data.name, "linf_eps": f"{p.linf_eps:.4g}",
                         "l2_eps": f"{p.l2_eps:.4g}", "train_steps": p.train_steps, "eval_steps": p.eval_steps,
                         "madry_step": f"{tr.step_size * tr.steps / tr.eps:.3g}"}.items():
@@ -107,7 +109,9 @@ def setting_table(ctx: Context) -> Markdown:
                     f"{p.epochs} epochs, one-cycle lr peak {p.lr}; last-epoch weights are evaluated",
         "AT attack (training)": tr_at.label + f", step {tr_at.step_size:.3g}, random start" if tr_at else "-",
         "evaluation attacks": "; ".join(f"{c.label} (step {c.step_size:.3g}, random start)" for c in atk.values()),
-        "seeds": ", ".join(map(str, p.seeds)),
+        "seeds": ", ".join(map(str, p.seeds)) + (
+            f" (standard and main AT models; the first {len(p.side_seed_list)} for everything else)"
+            if p.side_seed_list != p.seeds else ""),
         "device": device_name(ctx.device),
     }
     body = "\n".join(f"| {k} | {v} |" for k, v in rows.items())

@@ -276,10 +276,10 @@ def audit_runs(ctx: Any, runs: Sequence[Any], settings: AuditSettings | None = N
 
 def student_targets(ctx: Any, grid: Any, seeds: Sequence[int] | None = None) -> list[Target]:
     """Targets for chapter 04's distilled students and PGD-AT students (a ``distill_runs.Grid``), all under
-    the teachers' main L∞ PGD-CE attack; ``seeds`` (default: every seed of the profile) picks which.
+    the teachers' main L∞ PGD-CE attack; ``seeds`` (default: the profile's side seeds, chapter 04's) picks which.
     No masking checks here: chapter 04 runs its own on every student."""
     ce = ctx.profile.eval_attacks()["linf_ce"]
-    keep = set(ctx.profile.seeds if seeds is None else seeds)
+    keep = set(ctx.profile.side_seed_list if seeds is None else seeds)
     out = []
     for r in [*grid.students, *grid.ceiling]:
         if r.seed not in keep:
@@ -298,6 +298,6 @@ def audit_students(ctx: Any, grid: Any, settings: AuditSettings | None = None, s
     ``ctx.store``; ``seeds`` defaults to the first ``settings.student_seeds`` seeds of the profile."""
     s = settings or ctx.profile.audit
     if seeds is None:
-        seeds = ctx.profile.seeds[:s.student_seeds]
+        seeds = ctx.profile.side_seed_list[:s.student_seeds]
     return audit(student_targets(ctx, grid, seeds), ctx.eval_x, ctx.eval_y, replace(s, main_subset=grid.n_eval),
                  ctx.data.num_classes, store=ctx.store, data_fp=ctx.data.fingerprint, progress=progress)

@@ -1,46 +1,42 @@
-"""The accuracy-matched control of chapter 03: a standard model stopped early at the AT model's accuracy.
+"""The accuracy-matched control of chapter 03: standard models trained to convergence on fewer images.
 
-AT models are less accurate than standard ones, so low std-vs-AT agreement in *which* samples are
-confident could just be what any less-trained model does. The control re-runs the standard recipe of
-chapter 02 (same configuration, same seed, hence the same run) and records, after every epoch, the
-model's logits on the evaluation subset and its clean accuracy on a **selection set**. The epoch whose
-selection-set accuracy is closest to the AT models' mean accuracy on the *same* selection set is the
-matched model. The selection set is never the evaluation subset (that would be selecting on the test
-set): it is a held-out slice of the training set that the profile's training subset leaves unused,
-or, where the profile trains on the whole training set, the training images themselves.
+AT models are less accurate than standard ones, so "AT reorders the standard model's confidences" could
+just be what any less accurate model does. The control is chapter 02's standard recipe made weaker by one
+knob only, the training-subset size n: the first n images of the fixed permutation (the same for every
+seed, a prefix of the profile's own training subset), the same width and the same number of SGD steps
+(so more epochs on fewer images), hence trained to convergence like the standard model.
 
-This module is its own cache code version: editing the chapter's statistics or plots never retrains it.
+n is **calibrated once, on clean accuracy only**: n comes from a log grid (neighbours √2 apart, from the
+profile's training-set size down to ``grid_min``), and the chosen n is the one whose mean clean accuracy
+over the first ``calib_seeds`` seeds on a **selection set** is closest to the main AT models' mean on the same
+set. The selection set is training images that no model trains on (the slice of the fixed permutation after
+the profile's training subset), or, where a profile has no spare images, the training images themselves
+(the chapter says so). Accuracy grows with n, so the grid is searched by bisection (about log2 of its
+length models per calibration seed); every evaluated point is recorded.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from atlib.core import data, stats
-from atlib.core.store import artifact_key, code_version_of
 from atlib.studies import context as cx
-from atlib.studies.confidence.settings import SELECT_ON
-from atlib.studies.profiles import ModelSpec
+from atlib.studies.confidence.settings import SELECT_ON, ConfidenceSettings
+from atlib.studies.profiles import ModelSpec, Profile
 from atlib.studies.shrinkage import runs as ex
 from atlib.training import train
 
-SCHEMA = 1
-
 Tensor = torch.Tensor
-
-
-def code() -> str:
-    """The snapshots are trained and scored by this module: its import closure (chapter 02's runs, data,
-    train, evaluate, stats)."""
-    return code_version_of(__name__)
+STANDARD = ModelSpec("standard")
 
 
 def selection_set(ctx: cx.Context, select_on: str, holdout: int, data_root: str | None = None
                   ) -> tuple[Tensor, Tensor, str]:
-    """(x, y, description) of the images the early-stopping epoch is selected on (never the test set).
+    """(x, y, description) of the images the control is calibrated on (never the test set).
 
     ``holdout``: the ``holdout`` training images that follow the profile's training subset in the fixed
     permutation (``Data.subset`` takes the first N of it), i.e. images no model of the book trained on.
@@ -50,7 +46,8 @@ def selection_set(ctx: cx.Context, select_on: str, holdout: int, data_root: str 
         raise ValueError(f"select_on must be one of {SELECT_ON}, got {select_on!r}")
     p = ctx.profile
     if select_on == "train":
-        return ctx.data.train_x, ctx.data.train_y, f"the {len(ctx.data.train_y)} training images (clean, eval mode)"
+        return ctx.data.train_x, ctx.data.train_y, (f"the {len(ctx.data.train_y)} training images (clean, eval "
+                                                    f"mode): this profile has no spare training images")
     full = cx._load_data(p.dataset, data_root, str(ctx.device))
     n_full = len(full.train_y)
     used = n_full if p.train_subset is None else min(p.train_subset, n_full)
@@ -63,72 +60,128 @@ def selection_set(ctx: cx.Context, select_on: str, holdout: int, data_root: str 
             f"not in the {used}-image training subset)")
 
 
-def std_snapshots(ctx: cx.Context, seed: int, select_on: str, holdout: int, data_root: str | None = None,
-                  progress: bool = False) -> tuple[dict[str, Any], bool]:
-    """Chapter 02's standard run for ``seed``, re-trained with per-epoch logits and selection accuracy (cached)."""
-    spec = ModelSpec("standard")
-    cfg = {"schema": SCHEMA, "std_run": ex.run_config(ctx, spec, seed), "select_on": select_on,
-           "holdout": holdout if select_on == "holdout" else 0}
-    key = artifact_key("stdsnapshots", cfg, code(), ctx.data.fingerprint)
-    sel_x, sel_y, _ = selection_set(ctx, select_on, holdout, data_root)
+def n_grid(n_train: int, n_min: int) -> tuple[int, ...]:
+    """The log grid of training-subset sizes, ascending: n_train, then each next n = ⌈previous / √2⌉ (so no two
+    neighbours are more than √2 apart) while it stays at or above ``n_min``."""
+    if n_min < 1 or n_min > n_train:
+        raise ValueError(f"grid_min={n_min} must be between 1 and the training-set size {n_train}")
+    grid = [n_train]
+    while (nxt := math.ceil(grid[-1] / math.sqrt(2))) >= n_min and nxt < grid[-1]:
+        grid.append(nxt)
+    return tuple(reversed(grid))
 
-    def compute() -> dict[str, Any]:
-        model = ex.build(ctx, seed)
-        eval_logits: list[Tensor] = []
-        sel_acc: list[float] = []
 
-        def snapshot(epoch: int, m: torch.nn.Module, rec: dict) -> None:
-            eval_logits.append(train.predict(m, ctx.eval_x))
-            sel_acc.append(stats.accuracy(train.predict(m, sel_x), sel_y.cpu()))
+def matched_profile(p: Profile, n_train: int, n: int) -> Profile:
+    """``p``'s standard recipe on the first ``n`` of its ``n_train`` training images, with as many SGD steps."""
+    steps = p.epochs * math.ceil(n_train / p.batch_size)
+    epochs = max(1, round(steps / math.ceil(n / p.batch_size)))
+    return replace(p, train_subset=None if n >= n_train and p.train_subset is None else n, epochs=epochs)
 
-        hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(spec), seed,
-                           name=f"standard seed {seed} (snapshots)", progress=progress, on_epoch_end=snapshot)
-        return {"eval_logits": torch.stack(eval_logits), "select_acc": sel_acc, "history": hist}
 
-    return ctx.store.get_or_compute(key, compute, meta=cfg)
+def matched_context(ctx: cx.Context, n: int) -> cx.Context:
+    """``ctx`` with the matched profile for ``n`` and the first ``n`` training images (a prefix of the fixed
+    permutation, hence of the profile's own training subset)."""
+    n_train = len(ctx.data.train_y)
+    pn = matched_profile(ctx.profile, n_train, n)
+    full = cx._load_data(ctx.profile.dataset, ctx.data_root, str(ctx.device))
+    return replace(ctx, profile=pn, data=full.subset(pn.train_subset))
+
+
+def matched_model(ctx: cx.Context, n: int, seed: int) -> torch.nn.Module:
+    """The standard model of ``seed`` trained on the first ``n`` images (cached like chapter 02's models; below
+    the full training set without per-epoch monitor and checkpoints: their epochs are many and tiny)."""
+    light = n < len(ctx.data.train_y)  # at the grid's top it is chapter 02's standard model, monitored as there
+    return ex.trained_model(matched_context(ctx, n), STANDARD, seed, progress=False, light=light)[0]
+
+
+def _select_acc(models: Sequence[torch.nn.Module], sel: tuple[Tensor, Tensor]) -> list[float]:
+    return [stats.accuracy(train.predict(m, sel[0]), sel[1].cpu()) for m in models]
 
 
 @dataclass
-class Matched:
-    """The early-stopped standard model of one seed."""
+class Calibration:
+    """The one-off choice of n: target accuracy, grid, every evaluated point, the chosen n."""
 
-    seed: int
-    epoch: int  # 1-based
-    logits: Tensor  # (N, K) clean logits on the evaluation subset at that epoch
-    select_acc: list[float]  # per epoch, on the selection set
-    eval_acc: list[float]  # per epoch, on the evaluation subset: shown, never used to select
-    lr_at_epoch_end: float  # one-cycle learning rate reached at the end of the selected epoch
-    cached: bool
+    target: float  # main AT models' mean clean accuracy on the selection set
+    at_select_acc: list[float]  # per AT seed
+    selection: str
+    grid: tuple[int, ...]
+    calib_seeds: tuple[int, ...]
+    evaluated: dict[int, list[float]]  # n -> selection accuracy per calibration seed
+    n: int
+    epochs: int  # the matched models' epochs (same SGD steps as the standard model)
+    monotone: bool  # the evaluated points rise with n (what bisection assumes)
+
+    def mean_acc(self, n: int) -> float:
+        return sum(self.evaluated[n]) / len(self.evaluated[n])
+
+
+def calibrate(ctx: cx.Context, at_models: Sequence[torch.nn.Module], st: ConfidenceSettings,
+              data_root: str | None = None, progress: bool = False) -> Calibration:
+    """Bisect the grid for the n whose mean selection accuracy (first ``calib_seeds`` seeds) is closest to AT's."""
+    sel_x, sel_y, desc = selection_set(ctx, st.select_on, st.holdout, data_root)
+    at_acc = _select_acc(at_models, (sel_x, sel_y))
+    target = sum(at_acc) / len(at_acc)
+    n_train = len(ctx.data.train_y)
+    grid = n_grid(n_train, min(st.grid_min, n_train))
+    seeds = ctx.profile.seeds[:st.calib_seeds]
+    evaluated: dict[int, list[float]] = {}
+
+    def acc(i: int) -> float:
+        n = grid[i]
+        if n not in evaluated:
+            cx.fill(ctx, [(matched_model, (n, s)) for s in seeds], f"matched control, n = {n}", progress)
+            evaluated[n] = _select_acc([matched_model(ctx, n, s) for s in seeds], (sel_x, sel_y))
+        return sum(evaluated[n]) / len(evaluated[n])
+
+    lo, hi = 0, len(grid) - 1
+    if acc(lo) < target < acc(hi):
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if acc(mid) > target else (mid, hi)
+    n = min(evaluated, key=lambda m: (abs(sum(evaluated[m]) / len(evaluated[m]) - target), m))
+    pts = [sum(evaluated[m]) / len(evaluated[m]) for m in sorted(evaluated)]
+    return Calibration(target, at_acc, desc, grid, tuple(seeds), dict(sorted(evaluated.items())), n,
+                       matched_profile(ctx.profile, n_train, n).epochs, all(a <= b for a, b in zip(pts, pts[1:])))
 
 
 @dataclass
 class MatchedControl:
-    target: float  # AT models' mean accuracy on the selection set
-    at_select_acc: list[float]
-    selection: str
-    runs: list[Matched]
+    """The calibrated n and, per seed, the matched model's clean logits on the test set."""
+
+    calibration: Calibration
+    logits: dict[int, Tensor]  # seed -> (N_test, K)
+    test_acc: dict[int, float]  # seed -> clean accuracy on the whole test set
+    at_test_acc: dict[int, float]  # seed -> the main AT model's, same set
+    max_gap: float
+
+    @property
+    def gap(self) -> float:
+        """Mean clean accuracy of the matched models minus that of the AT models (whole test set)."""
+        return (sum(self.test_acc.values()) / len(self.test_acc)
+                - sum(self.at_test_acc.values()) / len(self.at_test_acc))
+
+    @property
+    def matched(self) -> bool:
+        return abs(self.gap) <= self.max_gap
+
+    def record(self) -> dict[str, Any]:
+        c = self.calibration
+        return {"n": c.n, "epochs": c.epochs, "grid": list(c.grid), "calib_seeds": list(c.calib_seeds),
+                "selection": c.selection, "target_select_acc": c.target, "at_select_acc": c.at_select_acc,
+                "select_acc": {str(n): v for n, v in c.evaluated.items()}, "monotone": c.monotone,
+                "test_acc": {str(s): a for s, a in self.test_acc.items()},
+                "at_test_acc": {str(s): a for s, a in self.at_test_acc.items()},
+                "gap": self.gap, "max_gap": self.max_gap, "matched": self.matched}
 
 
-def matched_control(ctx: cx.Context, at_runs: Sequence[ex.ModelRun], select_on: str, holdout: int,
+def matched_control(ctx: cx.Context, at_models: dict[int, torch.nn.Module], st: ConfidenceSettings,
                     data_root: str | None = None, progress: bool = False) -> MatchedControl:
-    """Per seed, the epoch of the standard run whose selection accuracy is closest to the AT mean."""
-    if not at_runs:
-        raise ValueError("matched_control needs at least one AT run")
-    sel_x, sel_y, desc = selection_set(ctx, select_on, holdout, data_root)
-    at_acc = [stats.accuracy(train.predict(r.model, sel_x), sel_y.cpu()) for r in at_runs]
-    target = sum(at_acc) / len(at_acc)
-    tcfg = ctx.profile.train_config(ModelSpec("standard"))
-    out = []
-    for seed in ctx.profile.seeds:
-        snap, hit = std_snapshots(ctx, seed, select_on, holdout, data_root, progress)
-        acc = list(snap["select_acc"])
-        e = min(range(len(acc)), key=lambda i: (abs(acc[i] - target), i))
-        ev = [stats.accuracy(z, ctx.eval_y.cpu()) for z in snap["eval_logits"]]
-        out.append(Matched(seed, e + 1, snap["eval_logits"][e], acc, ev, _lr_after_epoch(tcfg, len(ctx.data.train_y), e + 1),
-                           hit))
-    return MatchedControl(target, at_acc, desc, out)
-
-
-def _lr_after_epoch(cfg: train.TrainConfig, n_train: int, epoch: int) -> float:
-    steps = -(-n_train // cfg.batch_size)
-    return cfg.lr * train.one_cycle(epoch * steps, cfg.epochs * steps, cfg.warmup_frac)
+    """Calibrate n, then train (or load) the matched model of every seed and score it on the whole test set."""
+    cal = calibrate(ctx, [at_models[s] for s in sorted(at_models)], st, data_root, progress)
+    seeds = ctx.profile.seeds
+    cx.fill(ctx, [(matched_model, (cal.n, s)) for s in seeds], f"matched control, n = {cal.n}", progress)
+    x, y = ctx.data.test_x, ctx.data.test_y.cpu()
+    logits = {s: train.predict(matched_model(ctx, cal.n, s), x) for s in seeds}
+    at_acc = {s: stats.accuracy(train.predict(m, x), y) for s, m in at_models.items()}
+    return MatchedControl(cal, logits, {s: stats.accuracy(z, y) for s, z in logits.items()}, at_acc, st.max_gap)

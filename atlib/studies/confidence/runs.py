@@ -4,15 +4,15 @@ Per-sample confidence is the top-class log-odds ``log p_max − log(1 − p_max)
 (``stats.top_log_odds``): it ranks samples exactly like ``p_max`` but does not saturate, whereas float32
 softmax returns exactly 1.0 for many samples of a standard model, and those ties wreck rank statistics.
 
-Agreement between two models is a rank correlation (Spearman, Kendall's τ-b) over the evaluation
-subset. The unit of replication is the *seed pair*: each comparison (std vs AT, and the nulls std vs std
-and AT vs AT) is a list of per-pair values, summarised by their mean and a Student-t interval over pairs.
-Cross comparisons use pairs of *different* seeds only, like the nulls, so that shared initialisation and
-batch order cannot make them look more alike than the nulls.
+Agreement between two models is a rank correlation (Spearman, Kendall's τ-b) over the **whole test set**
+(clean forward passes only). The unit of replication is a pair of models, and every interval is a Student-t
+interval over units in which **each model appears at most once**: with the k seeds in order, a cross
+comparison of families A and B at offset o uses the k units (A_i, B_{i+o mod k}) (std vs AT: o = 1; std vs
+matched: o = 2), a within-family null the disjoint pairs (0, 1), (2, 3), ...; the difference Δ of two cross
+comparisons that share A is formed unit by unit.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,15 +22,16 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from atlib.studies.shrinkage import runs as ex
-
 from atlib.core import stats
 from atlib.core.runtime import progress_default
 from atlib.core.stats import kendall, spearman
 from atlib.studies import context as cx
+from atlib.studies.confidence.early import Snapshot, early_snapshots
 from atlib.studies.confidence.matched import MatchedControl, matched_control
 from atlib.studies.confidence.settings import ConfidenceSettings
 from atlib.studies.profiles import ModelSpec
+from atlib.studies.shrinkage import runs as ex
+from atlib.training import train
 
 Tensor = torch.Tensor
 
@@ -55,35 +56,59 @@ def saturated_fraction(z: Tensor) -> float:
 
 # ---------------------------------------------------------------------------------- rank correlations
 CORRELATIONS: dict[str, Callable[[Any, Any], float]] = {"spearman": spearman, "kendall": kendall}
+CROSS = {  # summary key -> (family a, family b, offset): unit i is (a of seed i, b of seed i + offset, mod k)
+    "std_vs_at": ("std", "at", 1), "std_vs_matched": ("std", "matched", 2), "matched_vs_at": ("matched", "at", 1),
+    "early_vs_at": ("early", "at", 1)}
+NULLS = {"std_vs_std": "std", "at_vs_at": "at", "matched_vs_matched": "matched", "early_vs_early": "early"}
+DELTA = ("std_at_minus_std_matched", "std_vs_at", "std_vs_matched")  # Δ = ρ(std, AT) − ρ(std, matched), per unit
+FAMILY_NAMES = {"std": "standard", "at": "at", "matched": "matched", "early": "standard_early"}
 
 
-def seed_pairs(a: Sequence[int], b: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """Within one family (``b`` None): every unordered pair of distinct seeds. Across two families:
-    every ordered (seed of a, seed of b) with different seeds, the same condition as within."""
-    if b is None:
-        return list(itertools.combinations(sorted(a), 2))
-    return [(i, j) for i in sorted(a) for j in sorted(b) if i != j]
+def cross_units(seeds: Sequence[int], offset: int) -> list[tuple[int, int]]:
+    """(seed of a, seed of b) per unit: position i against position i + ``offset`` (mod k), k units."""
+    k = len(seeds)
+    return [(seeds[i], seeds[(i + offset) % k]) for i in range(k)]
 
 
-def pair_values(fn: Callable[[Any, Any], float], a: Mapping[int, Any], b: Mapping[int, Any] | None = None
-                ) -> list[tuple[int, int, float]]:
-    """``fn`` applied to every seed pair (see ``seed_pairs``): [(seed in a, seed in b, value)]."""
+def null_units(seeds: Sequence[int]) -> list[tuple[int, int]]:
+    """Disjoint pairs of one family: positions (0, 1), (2, 3), ...; each model in at most one unit."""
+    return [(seeds[2 * j], seeds[2 * j + 1]) for j in range(len(seeds) // 2)]
+
+
+def unit_values(fn: Callable[[Any, Any], float], a: Mapping[int, Any], b: Mapping[int, Any] | None = None,
+                offset: int = 1) -> list[tuple[int, int, float]]:
+    """``fn`` on every unit: the disjoint null pairs of ``a`` (``b`` None), else the cross units at ``offset``."""
+    seeds = sorted(a)
+    if b is not None and sorted(b) != seeds:
+        raise ValueError(f"cross units need the same seeds in both families, got {seeds} and {sorted(b)}")
+    units = null_units(seeds) if b is None else cross_units(seeds, offset)
     other = a if b is None else b
-    return [(i, j, float(fn(a[i], other[j]))) for i, j in seed_pairs(list(a), None if b is None else list(b))]
+    return [(i, j, float(fn(a[i], other[j]))) for i, j in units]
 
 
 def summarise(values: Sequence[tuple[int, int, float]], names: tuple[str, str]) -> dict[str, Any]:
-    """``{value, ci, pairs}``: mean over seed pairs, its 95% t-interval, and the per-pair values."""
+    """``{value, ci, n, units}``: mean over units, its 95% t-interval (NaN with one unit), the per-unit values."""
     if not values:
-        raise ValueError("no seed pairs to summarise (a null needs at least two seeds)")
+        raise ValueError("no units to summarise (a null needs at least two seeds)")
     iv = stats.mean_ci([v for _, _, v in values])
     return {"value": iv.mean, "ci": [iv.low, iv.high], "n": iv.n,
-            "pairs": [{"a": f"{names[0]}_s{i}", "b": f"{names[1]}_s{j}", "value": v} for i, j, v in values]}
+            "units": [{"a": f"{names[0]}_s{i}", "b": f"{names[1]}_s{j}", "value": v} for i, j, v in values]}
+
+
+def delta(cmp: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Δ = ρ(std_i, AT_{i+1}) − ρ(std_i, M_{i+2}) per unit i, summarised like a comparison."""
+    _, first, second = DELTA
+    u1, u2 = cmp[first]["units"], cmp[second]["units"]
+    vals = [x["value"] - y["value"] for x, y in zip(u1, u2, strict=True)]
+    iv = stats.mean_ci(vals)
+    return {"value": iv.mean, "ci": [iv.low, iv.high], "n": iv.n,
+            "units": [{"std": x["a"], "at": x["b"], "matched": y["b"], "value": v} for x, y, v in zip(u1, u2, vals)]}
 
 
 def interval_of(summary: Mapping[str, Any]) -> stats.Interval:
     lo, hi = summary["ci"]
-    return stats.Interval(summary["value"], (hi - lo) / 2, summary["n"])
+    half = (hi - lo) / 2 if lo is not None and hi is not None else math.nan
+    return stats.Interval(summary["value"], half, summary["n"])
 
 
 def effect_size(x: Sequence[float], y: Sequence[float]) -> float:
@@ -159,12 +184,8 @@ MEASURES = {
 
 # ------------------------------------------------------------------------------------------- analysis
 
-COMPARISONS = {  # summary key -> (family a, family b or None for a within-family null)
-    "std_vs_at": ("std", "at"), "std_vs_std": ("std", None), "at_vs_at": ("at", None),
-    "std_matched_vs_at": ("matched", "at"), "std_matched_vs_std_matched": ("matched", None),
-}
-SUMMARY_COMPARISONS = ("std_vs_at", "std_vs_std", "at_vs_at", "std_matched_vs_at")
-FAMILY_NAMES = {"std": "standard", "at": "at", "matched": "standard_early"}
+KEYS = (*CROSS, *NULLS)
+PRIMARY = ("std_vs_at", "std_vs_std", "at_vs_at", "std_vs_matched", "matched_vs_matched", "matched_vs_at")
 
 
 @dataclass
@@ -175,11 +196,12 @@ class Analysis:
     settings: ConfidenceSettings
     std_spec: ModelSpec
     at_spec: ModelSpec
-    logits: dict[str, dict[int, Tensor]]  # family -> seed -> (N, K) clean logits
+    logits: dict[str, dict[int, Tensor]]  # family -> seed -> (N, K) clean logits on the whole test set
     labels: Tensor
     images: Tensor  # (N, C, H, W) on the CPU, same order as the logits
     test_index: Tensor  # position of each sample in the test set
     matched: MatchedControl
+    early: dict[int, Snapshot]  # the early-stopped snapshots (a diagnostic)
     correlations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # metric -> comparison
     jaccard: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     models_cached: bool = True
@@ -197,40 +219,49 @@ class Analysis:
 
 
 def comparisons(logits: Mapping[str, Mapping[int, Tensor]], fn: Callable[[Any, Any], float],
-                kind: str = "log_odds", keys: Sequence[str] = tuple(COMPARISONS)) -> dict[str, dict[str, Any]]:
-    """Every comparison of ``COMPARISONS`` (restricted to ``keys``) for a pair statistic ``fn``."""
+                kind: str = "log_odds", keys: Sequence[str] = KEYS) -> dict[str, dict[str, Any]]:
+    """Every comparison of ``CROSS`` and ``NULLS`` among ``keys`` whose families are present, for a pair
+    statistic ``fn``; with both of its comparisons, Δ too (``DELTA``)."""
     sc = {f: {s: confidence_score(z, kind) for s, z in by_seed.items()} for f, by_seed in logits.items()}
     out = {}
     for key in keys:
-        fa, fb = COMPARISONS[key]
-        vals = pair_values(fn, sc[fa], None if fb is None else sc[fb])
-        out[key] = summarise(vals, (FAMILY_NAMES[fa], FAMILY_NAMES[fb or fa]))
+        fa, fb, off = CROSS[key] if key in CROSS else (NULLS[key], None, 0)
+        if fa not in sc or (fb is not None and fb not in sc):
+            continue
+        out[key] = summarise(unit_values(fn, sc[fa], None if fb is None else sc[fb], off),
+                             (FAMILY_NAMES[fa], FAMILY_NAMES[fb or fa]))
+    if DELTA[1] in out and DELTA[2] in out:
+        out[DELTA[0]] = delta(out)
     return out
+
+
+def test_logits(runs: Sequence[ex.ModelRun], x: Tensor) -> dict[int, Tensor]:
+    """Clean logits of each run's model on ``x`` (the whole test set), by seed."""
+    return {r.seed: train.predict(r.model, x) for r in runs}
 
 
 def analyse(ctx: cx.Context, data_root: str | None = None, progress: bool | None = None,
             settings: ConfidenceSettings | None = None) -> Analysis:
-    """Load chapter 02's standard and main-AT models (never trains them), build the matched control,
-    and compute every rank statistic of the chapter."""
+    """Load chapter 02's standard and main-AT models, build (or load) the matched control and the early-stopped
+    snapshots, and compute every rank statistic of the chapter on the whole test set."""
     progress = progress_default() if progress is None else progress
     st = settings or ctx.profile.confidence
     std_spec, at_spec = ModelSpec("standard"), ctx.profile.main_at
     runs = ex.training_runs(ctx, (std_spec, at_spec), progress=progress)
-    std = {r.seed: r for r in runs if r.spec == std_spec}
-    at = {r.seed: r for r in runs if r.spec == at_spec}
-    matched = matched_control(ctx, [at[s] for s in sorted(at)], st.select_on, st.holdout, data_root, progress)
-    logits = {"std": {s: r.logits["clean"] for s, r in std.items()},
-              "at": {s: r.logits["clean"] for s, r in at.items()},
-              "matched": {m.seed: m.logits for m in matched.runs}}
-    an = Analysis(ctx, st, std_spec, at_spec, logits, ctx.eval_y.cpu(), ctx.eval_x.cpu(), ctx.eval_index.cpu(),
-                  matched, models_cached=all(r.cached for r in runs))
+    std = [r for r in runs if r.spec == std_spec]
+    at = [r for r in runs if r.spec == at_spec]
+    matched = matched_control(ctx, {r.seed: r.model for r in at}, st, data_root, progress)
+    early = early_snapshots(ctx, matched.calibration.target, st.select_on, st.holdout, data_root, progress)
+    d = ctx.data
+    logits = {"std": test_logits(std, d.test_x), "at": test_logits(at, d.test_x), "matched": matched.logits,
+              "early": {s: e.logits for s, e in early.items()}}
+    an = Analysis(ctx, st, std_spec, at_spec, logits, d.test_y.cpu(), d.test_x.cpu(), torch.arange(len(d.test_y)),
+                  matched, early, models_cached=all(r.cached for r in runs))
     an.correlations = {name: comparisons(logits, fn) for name, fn in CORRELATIONS.items()}
-    n = len(an.labels)
     for k in st.topk:
-        if k > n:
-            continue
-        an.jaccard[str(k)] = {side: comparisons(logits, topk_jaccard_fn(k, side == "top"))
-                              for side in ("top", "bottom")}
+        if k <= len(an.labels):
+            an.jaccard[str(k)] = {side: comparisons(logits, topk_jaccard_fn(k, side == "top"), keys=PRIMARY)
+                                  for side in ("top", "bottom")}
     return an
 
 
@@ -263,7 +294,7 @@ def group_measures(an: Analysis) -> dict[str, dict[str, stats.Interval]]:
 
 
 def per_class(an: Analysis) -> dict[str, dict[str, Any]]:
-    """Per class: within-class Spearman (std vs AT and the nulls, mean over pairs) and group membership."""
+    """Per class: within-class Spearman (std vs AT and the nulls, mean over units) and group membership."""
     out = {}
     y = an.labels
     gs = {s: groups(an, s) for s in an.seeds}

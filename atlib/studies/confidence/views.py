@@ -13,18 +13,19 @@ import torch
 from atlib.core import stats
 from atlib.studies.confidence import rules
 from atlib.studies.confidence.runs import (
-    CORRELATIONS, FAMILY_NAMES, SUMMARY_COMPARISONS, Analysis, _clean, confidence_score, interval_of,
-    saturated_fraction, shown_samples, spearman)
+    CORRELATIONS, DELTA, FAMILY_NAMES, KEYS, Analysis, _clean, confidence_score, interval_of, saturated_fraction,
+    shown_samples, spearman)
 from atlib.core.plots import BOOK_WIDTH, panel_grid
 from atlib.studies.prose import fmt
 
-LABELS = {"std": "standard", "at": "AT", "matched": "early-stopped standard"}
+LABELS = {"std": "standard", "at": "AT", "matched": "matched standard (n images)",
+          "early": "early-stopped standard (diagnostic)"}
 DIRECTIONS = {"AT ≫ std": ("std", "at"), "std ≫ AT": ("at", "std")}  # (a, b): b relatively more confident
 
 
 def fmt_pairs(iv: stats.Interval, digits: int = 3) -> str:
-    """``prose.fmt`` for an interval over seed *pairs*."""
-    return fmt(iv, digits).replace(" seeds)", " pairs)").replace(" seed)", " pair)")
+    """``prose.fmt`` for an interval over *units* (pairs of models, each model in at most one unit)."""
+    return fmt(iv, digits).replace(" seeds)", " units)").replace(" seed)", " unit)")
 
 
 # ------------------------------------------------------------------------------------------- tables
@@ -44,15 +45,19 @@ def score_table(an: Analysis) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def _unit(u: Mapping[str, Any]) -> str:
+    return "/".join(str(v) for k, v in u.items() if k != "value") + f": {u['value']:.3f}"
+
+
 def comparison_table(comps: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per comparison: mean over seed pairs ± 95% t half-width, and the per-pair values."""
+    """One row per comparison: mean over units ± 95% t half-width, and the per-unit values."""
     rows = {}
     for key, c in comps.items():
         iv = interval_of(c)
         rows[key.replace("_", " ")] = {
-            "mean over seed pairs": fmt_pairs(iv),
+            "mean over units": fmt_pairs(iv),
             "95% CI": "–" if iv.n < 2 else f"[{iv.low:.3f}, {iv.high:.3f}]",
-            "per pair": ", ".join(f"{p['a']}/{p['b']}: {p['value']:.3f}" for p in c["pairs"]),
+            "per unit": ", ".join(_unit(u) for u in c["units"]),
         }
     return pd.DataFrame(rows).T
 
@@ -75,30 +80,43 @@ def class_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
                              for k, v in r.items()} for c, r in rows.items()}).T
 
 
-def matched_table(an: Analysis) -> pd.DataFrame:
-    m = an.matched
+def calibration_table(an: Analysis) -> pd.DataFrame:
+    """Every n the calibration evaluated: the matched models' selection accuracy per calibration seed and mean."""
+    c = an.matched.calibration
     rows = {}
-    for r in m.runs:
-        rows[f"seed {r.seed}"] = {
-            "selected epoch": f"{r.epoch} of {len(r.select_acc)}",
-            "selection-set acc (%)": f"{100 * r.select_acc[r.epoch - 1]:.1f}",
-            "eval-subset acc (%) (not used to select)": f"{100 * r.eval_acc[r.epoch - 1]:.1f}",
-            "lr at the end of that epoch": f"{r.lr_at_epoch_end:.3g}",
-            "selection acc per epoch (%)": " ".join(f"{100 * a:.1f}" for a in r.select_acc),
-        }
+    for n, accs in c.evaluated.items():
+        rows[f"n = {n}" + (" (chosen)" if n == c.n else "")] = {
+            "selection acc per seed (%)": ", ".join(f"{100 * a:.1f}" for a in accs),
+            "mean (%)": f"{100 * c.mean_acc(n):.2f}", "distance to AT (pp)": f"{100 * (c.mean_acc(n) - c.target):+.2f}"}
+    return pd.DataFrame(rows).T
+
+
+def matched_table(an: Analysis) -> pd.DataFrame:
+    """Per seed: the main AT, matched and early-stopped models' clean accuracy on the whole test set."""
+    m, rows = an.matched, {}
+    for s in an.seeds:
+        e = an.early[s]
+        rows[f"seed {s}"] = {
+            "AT (%)": f"{100 * m.at_test_acc[s]:.2f}", f"matched, n = {m.calibration.n} (%)": f"{100 * m.test_acc[s]:.2f}",
+            "early-stopped (%)": f"{100 * e.test_acc[e.epoch - 1]:.2f}",
+            "early epoch (lr at its end)": f"{e.epoch} of {len(e.select_acc)} ({e.lr_at_epoch_end:.3g})"}
     return pd.DataFrame(rows).T
 
 
 def findings_text(an: Analysis, v: Mapping[str, Any], gm: Mapping[str, Mapping[str, stats.Interval]],
                   pc: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown list of what the numbers of this run say (every number computed, none typed)."""
-    c = an.correlations["spearman"]
+    c, m = an.correlations["spearman"], an.matched
     lines = [f"- By the stated rule ({an.ctx.data.name}, {an.at_spec.label} vs standard, seeds "
-             f"{', '.join(map(str, an.seeds))}): **{v['outcome']}**. Spearman ρ std vs AT "
-             f"{fmt_pairs(interval_of(c['std_vs_at']))}; nulls std vs std {fmt_pairs(interval_of(c['std_vs_std']))}, "
-             f"AT vs AT {fmt_pairs(interval_of(c['at_vs_at']))}; early-stopped std vs AT "
-             f"{fmt_pairs(interval_of(c['std_matched_vs_at']))}, with its own null "
-             f"{fmt_pairs(interval_of(c['std_matched_vs_std_matched']))}."]
+             f"{', '.join(map(str, an.seeds))}, all {len(an.labels)} test images): **{v['outcome']}** "
+             f"((a) {v['a_differs_from_nulls']}, (c) {v['c_control_usable']}, (b) {v['b_not_explained_by_accuracy']}). "
+             f"Spearman ρ std vs AT {fmt_pairs(interval_of(c['std_vs_at']))}; nulls std vs std "
+             f"{fmt_pairs(interval_of(c['std_vs_std']))}, AT vs AT {fmt_pairs(interval_of(c['at_vs_at']))}; std vs "
+             f"matched {fmt_pairs(interval_of(c['std_vs_matched']))}, matched vs matched "
+             f"{fmt_pairs(interval_of(c['matched_vs_matched']))}; Δ {fmt_pairs(interval_of(c[DELTA[0]]))}.",
+             f"- The matched control (n = {m.calibration.n} training images, {m.calibration.epochs} epochs) is "
+             f"{100 * m.gap:+.2f} pp from the AT models' clean accuracy on the test set: "
+             f"{'matched' if m.matched else 'not matched'} (limit ±{100 * m.max_gap:g} pp)."]
     key = "Spearman std vs at"
     if pc:
         worst = min(pc, key=lambda k: pc[k][key].mean)
@@ -159,7 +177,7 @@ def _caption(an: Analysis, i: int, fa: str, sa: int, fb: str, sb: int) -> str:
     y = int(an.labels[i])
     za, zb = an.logits[fa][sa][i], an.logits[fb][sb][i]
     pa, pb = torch.softmax(za.double(), 0), torch.softmax(zb.double(), 0)
-    short = {"std": "std", "at": "AT", "matched": "early"}
+    short = {"std": "std", "at": "AT", "matched": "M", "early": "early"}
     return (f"true {cls[y][:9]}\n{short[fa]}{sa}: {cls[int(za.argmax())][:9]} {pa.max():.2f}\n"
             f"{short[fb]}{sb}: {cls[int(zb.argmax())][:9]} {pb.max():.2f}")
 
@@ -262,19 +280,23 @@ def browser(an: Analysis):
     return w.VBox([w.HBox([direction, cls, seed]), ranks, out])
 
 
-__all__ = ["FAMILY_NAMES", "browser", "browser_figure", "class_table", "comparison_table", "density_scatter",
-           "difference_grid", "findings_text", "fmt_pairs", "group_table", "jaccard_table", "matched_table",
-           "score_table"]
+__all__ = ["FAMILY_NAMES", "browser", "browser_figure", "calibration_table", "class_table", "comparison_table",
+           "density_scatter", "difference_grid", "findings_text", "fmt_pairs", "group_table", "jaccard_table",
+           "matched_table", "score_table"]
 
 
 def summary_section(an: Analysis) -> dict[str, Any]:
-    """The ``confidence`` entry of summary.json."""
+    """The ``confidence`` entry of summary.json: every comparison with its units, the control, the verdict."""
     def pick(c: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: {f: c[k][f] for f in ("value", "ci", "pairs")} for k in SUMMARY_COMPARISONS}
+        return {k: {f: c[k][f] for f in ("value", "ci", "n", "units")} for k in (*KEYS, DELTA[0]) if k in c}
 
     return _clean({
+        "n_test": len(an.labels), "seeds": an.seeds,
         "spearman": pick(an.correlations["spearman"]),
         "kendall": pick(an.correlations["kendall"]),
+        "matched_control": an.matched.record(),
+        "early_stopped": {str(s): {"epoch": e.epoch, "test_acc": e.test_acc[e.epoch - 1], "lr": e.lr_at_epoch_end}
+                          for s, e in an.early.items()},
         "effect_size": {m: rules.effect_sizes(an, m) for m in CORRELATIONS},
         "topk_jaccard": {k: {side: pick(c) for side, c in v.items()} for k, v in an.jaccard.items()},
         "verdict": rules.verdict(an),

@@ -282,7 +282,7 @@ def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
     """Train (or load) every student of every seed, then the PGD-AT references; attack and check all."""
     progress = progress_default() if progress is None else progress
     t0 = time.perf_counter()
-    seeds = ctx.profile.seeds
+    seeds = ctx.profile.side_seed_list
     cx.fill(ctx, [(shrinkage.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
                      "teachers", progress)
     tea = {s: teachers(ctx, s, progress) for s in seeds}

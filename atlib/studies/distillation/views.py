@@ -30,7 +30,7 @@ def glue_prose(ctx: Context) -> None:
     s, k = ctx.profile.distill, ctx.data.num_classes
     glue_setting(ctx)
     temps = [f"{T:g}" for T in s.temperatures]
-    n = len(ctx.profile.seeds)
+    n = len(ctx.profile.side_seed_list)
     for name, value in {"temps": " and ".join(temps), "T_low": temps[0], "T_high": temps[-1],
                         "ard_T": f"{ARD_T:g}", "ard_lr": f"{ARD_LR:g}", "ard_lr_here": f"{ARD_LR / k:.3g}",
                         "lr_grid": ", ".join(f"{x:g}" for x in PILOT_LR_GRID), "n_classes": k,

@@ -83,12 +83,14 @@ def checkpoint_path(ctx: Context, key: str) -> Path:
     return ctx.store.root / "checkpoints" / f"{key}.pt"
 
 
-def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None
+def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None, light: bool = False
                   ) -> tuple[nn.Module, dict[str, Any], str, bool]:
     """Train one model, or load it: ``(model in eval mode, {history, train_seconds}, cache key, hit)``.
 
     Training checkpoints every epoch (:func:`checkpoint_path`): a run killed mid-way resumes from its last
-    finished epoch when asked again (the same call, the same ``compute`` or ``book`` command)."""
+    finished epoch when asked again (the same call, the same ``compute`` or ``book`` command). ``light``: no
+    monitor statistics and no checkpoints, for runs of many tiny epochs (chapter 03's matched models on a few
+    hundred images); neither touches the weights, so the artifact is the same and so is its key."""
     progress = progress_default() if progress is None else progress
     cfg = run_config(ctx, spec, seed)
     key = artifact_key("model", cfg, TRAIN_CODE, ctx.data.fingerprint)
@@ -98,8 +100,8 @@ def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | Non
     def compute() -> dict[str, Any]:
         t0 = time.perf_counter()
         hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(spec), seed,
-                           monitor=(ctx.eval_x, ctx.eval_y), name=f"train {spec.label} seed {seed}", progress=progress,
-                           checkpoint=ckpt, fast=fast(ctx))
+                           monitor=None if light else (ctx.eval_x, ctx.eval_y), name=f"train {spec.label} seed {seed}",
+                           progress=progress, checkpoint=None if light else ckpt, fast=fast(ctx))
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
                 "train_seconds": time.perf_counter() - t0}
 
@@ -130,10 +132,12 @@ def model_run(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = 
 
 
 def training_runs(ctx: Context, specs: tuple[ModelSpec, ...] | None = None,
-                  progress: bool | None = None) -> list[ModelRun]:
-    """Every (spec, seed) of the profile (or of ``specs``), trained or loaded."""
+                  progress: bool | None = None, seeds: tuple[int, ...] | None = None) -> list[ModelRun]:
+    """Every (spec, seed) of the profile (or of ``specs``), trained or loaded: every seed for the standard and main
+    AT models, the side seeds for the others (``Profile.seeds_for``); ``seeds`` keeps only those."""
     progress = progress_default() if progress is None else progress
-    jobs = [(s, seed) for s in (specs or ctx.profile.model_specs()) for seed in ctx.profile.seeds]
+    jobs = [(s, seed) for s in (specs or ctx.profile.model_specs()) for seed in ctx.profile.seeds_for(s)
+            if seeds is None or seed in seeds]
     steps = {s: (a.steps + 1 if (a := ctx.profile.train_config(s).attack) else 1) for s, _ in jobs}
     longest_first = sorted(jobs, key=lambda j: -steps[j[0]])  # fewer idle workers at the end
     fill(ctx, [(model_run, job) for job in longest_first], "models", progress)

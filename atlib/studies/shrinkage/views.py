@@ -60,8 +60,10 @@ def pooled_logits(runs: Sequence[ModelRun], specs: Sequence[ModelSpec], key: str
 
 
 def eps_sweep(ctx: Context, runs: Sequence[ModelRun]) -> tuple[list[float], dict[str, list[stats.Interval]]]:
-    """Per training ε of the L∞ sweep (0 = standard): clean logit statistics and accuracies over seeds."""
+    """Per training ε of the L∞ sweep (0 = standard): clean logit statistics and accuracies over the side seeds
+    (every ε on the same seeds, so the dose–response compares like with like)."""
     p = ctx.profile
+    runs = [r for r in runs if r.seed in p.side_seed_list]
     specs = [ModelSpec("standard") if e == 0 else ModelSpec("at", "linf", e) for e in p.linf_sweep]
     series: dict[str, list[stats.Interval]] = {stats.STAT_LABELS[k]: [] for k in stats.LOGIT_STATISTICS}
     series |= {"clean acc (%)": [], "PGD-CE L∞ acc (%)": []}

@@ -318,12 +318,12 @@ def linear_experiment(x_train: Tensor, y_train: Tensor, x_eval: Tensor, y_eval: 
 def cached_linear_experiment(ctx: Any, st: LinearSettings | None = None) -> dict[str, Any]:
     """``linear_experiment`` on the profile's data, through the artifact store."""
     st = st or ctx.profile.theory.linear
-    cfg = {"settings": st, "seeds": list(ctx.profile.seeds), "eval_subset": ctx.profile.eval_subset,
+    cfg = {"settings": st, "seeds": list(ctx.profile.side_seed_list), "eval_subset": ctx.profile.eval_subset,
            "dataset": ctx.profile.dataset, "train_subset": ctx.profile.train_subset}
     # this module and its closure (attacks, stats): the whole linear experiment is defined here
     key = artifact_key("theory-linear", cfg, code_version_of(__name__), ctx.data.fingerprint)
     payload, _ = ctx.store.get_or_compute(key, lambda: linear_experiment(
-        ctx.data.train_x, ctx.data.train_y, ctx.eval_x, ctx.eval_y, ctx.data.num_classes, st, ctx.profile.seeds),
+        ctx.data.train_x, ctx.data.train_y, ctx.eval_x, ctx.eval_y, ctx.data.num_classes, st, ctx.profile.side_seed_list),
         meta=cfg)
     return payload
 

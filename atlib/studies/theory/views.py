@@ -300,5 +300,5 @@ def summary_section(ctx: Any, gauss: dict[str, Any], gauss_verdict: dict[str, An
         "gaussian": {"settings": {k: getattr(G, k) for k in G.__dataclass_fields__}, "per_eps": per_eps,
                      "verdict": gauss_verdict},
         "linear": {"dataset": ctx.data.name, "n_train": p.theory.linear.n_train, "norm": "linf",
-                   "seeds": list(p.seeds), **linear},
+                   "seeds": list(p.side_seed_list), **linear},
         "checks": checks, "flip_radius": flip_radius, "controls": controls}}

@@ -1,0 +1,97 @@
+"""The convergence pilot: are the profile's models trained to convergence? (``python -m atlib pilot convergence``)
+
+For every seed it trains (or loads) chapter 02's standard and main AT models and chapter 03's accuracy-matched
+standard models at the profile's schedule and at twice its epochs (the matched models: twice their SGD steps),
+and compares seed means. The profile **converges** when doubling moves the standard and the matched models'
+clean accuracy (whole test set) by less than 1 pp and the main AT model's robust accuracy (the evaluation subset,
+PGD with the CE and with the margin loss) by less than 2 pp. The schedule-E models are the book's own (same cache
+keys), so a pilot run first leaves the book warm. The result goes to ``results/<profile>/pilot_convergence.json``,
+which chapter 02 quotes; the book never re-runs the pilot.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from atlib.book.runner import REPO, git_commit
+from atlib.core.data import check_data_root
+from atlib.core import stats
+from atlib.studies import context as cx
+from atlib.studies.confidence import matched as mc
+from atlib.studies.profiles import ModelSpec, Profile, get_profile
+from atlib.studies.shrinkage import runs as ex
+from atlib.studies.shrinkage.convergence import CRITERIA
+from atlib.training import train
+
+FILENAME = "pilot_convergence.json"
+
+
+def default_path(p: Profile) -> Path:
+    return REPO / "results" / p.name / FILENAME
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def _main_models(ctx: cx.Context, progress: bool) -> dict[str, dict[str, list[float]]]:
+    """Per measure, per seed: clean accuracy (whole test set) of the standard and AT models, robust of AT."""
+    p, (x, y) = ctx.profile, (ctx.data.test_x, ctx.data.test_y.cpu())
+    runs = ex.training_runs(ctx, (ModelSpec("standard"), p.main_at), progress=progress)
+    std = [r for r in runs if r.spec.kind == "standard"]
+    at = [r for r in runs if r.spec == p.main_at]
+    return {"standard_clean": [stats.accuracy(train.predict(r.model, x), y) for r in std],
+            "at_clean": [stats.accuracy(train.predict(r.model, x), y) for r in at],
+            "at_robust_linf_ce": [r.acc("linf_ce") for r in at],
+            "at_robust_linf_margin": [r.acc("linf_margin") for r in at]}
+
+
+def _matched(ctx: cx.Context, n: int, progress: bool) -> list[float]:
+    """Clean accuracy (whole test set) of the matched model of every seed at ``n`` images."""
+    cx.fill(ctx, [(mc.matched_model, (n, s)) for s in ctx.profile.seeds], f"matched control, n = {n}", progress)
+    x, y = ctx.data.test_x, ctx.data.test_y.cpu()
+    return [stats.accuracy(train.predict(mc.matched_model(ctx, n, s), x), y) for s in ctx.profile.seeds]
+
+
+def convergence(ctx: cx.Context, progress: bool = True) -> dict[str, Any]:
+    """Run the pilot for ``ctx``'s profile; returns the record (see the module docstring)."""
+    t0 = time.perf_counter()
+    p = ctx.profile
+    ctx2 = replace(ctx, profile=replace(p, epochs=2 * p.epochs))
+    base, doubled = _main_models(ctx, progress), _main_models(ctx2, progress)
+    at = ex.training_runs(ctx, (p.main_at,), progress=progress)
+    cal = mc.calibrate(ctx, [r.model for r in at], p.confidence, ctx.data_root, progress)
+    base["matched_clean"], doubled["matched_clean"] = _matched(ctx, cal.n, progress), _matched(ctx2, cal.n, progress)
+    deltas = {k: _mean(doubled[k]) - _mean(base[k]) for k in base}
+    ok = {k: abs(deltas[k]) < tol for k, tol in CRITERIA.items()}
+    return {"profile": p.name, "dataset": p.dataset, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "schedule": {"epochs": p.epochs, "doubled_epochs": 2 * p.epochs, "batch_size": p.batch_size, "lr": p.lr,
+                         "train_subset": p.train_subset, "train_steps": p.train_steps, "main_at": p.main_at.label},
+            "seeds": list(p.seeds), "matched_n": cal.n, "matched_epochs": cal.epochs,
+            "matched_doubled_epochs": mc.matched_profile(ctx2.profile, len(ctx.data.train_y), cal.n).epochs,
+            "per_seed": {"schedule": base, "doubled": doubled}, "deltas": deltas, "criteria": CRITERIA,
+            "criterion_met": ok, "converged": all(ok.values()), "wall_s": round(time.perf_counter() - t0, 1)}
+
+
+def write(record: dict[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def run_pilot(profile: str | Profile, out: str | None = None, cache_dir: str | None = None,
+              data_root: str | None = None, device: str | None = None, workers: int | None = None) -> Path:
+    """``python -m atlib pilot convergence``: run the pilot and write its record (default :func:`default_path`)."""
+    p = get_profile(profile)
+    check_data_root(p.dataset, data_root)
+    ctx = cx.context(p, cache_dir, data_root, device, workers)
+    rec = convergence(ctx)
+    path = write(rec, out or default_path(p))
+    verdict = "converged" if rec["converged"] else "NOT converged"
+    print(f"{p.name}: {verdict} (doubling the epochs moves: " +
+          ", ".join(f"{k} {100 * v:+.2f} pp" for k, v in rec["deltas"].items()) + f"); {rec['wall_s']} s")
+    return path
