@@ -58,7 +58,7 @@ def _matched(ctx: cx.Context, n: int, progress: bool) -> list[float]:
 
 def convergence(ctx: cx.Context, progress: bool = True) -> dict[str, Any]:
     """Run the pilot for ``ctx``'s profile; returns the record (see the module docstring)."""
-    t0 = time.perf_counter()
+    t0, commit, date = time.perf_counter(), git_commit(), time.strftime("%Y-%m-%d %H:%M")  # the code it starts with
     p = ctx.profile
     ctx2 = replace(ctx, profile=replace(p, epochs=2 * p.epochs))
     base, doubled = _main_models(ctx, progress), _main_models(ctx2, progress)
@@ -67,7 +67,7 @@ def convergence(ctx: cx.Context, progress: bool = True) -> dict[str, Any]:
     base["matched_clean"], doubled["matched_clean"] = _matched(ctx, cal.n, progress), _matched(ctx2, cal.n, progress)
     deltas = {k: _mean(doubled[k]) - _mean(base[k]) for k in base}
     ok = {k: abs(deltas[k]) < tol for k, tol in CRITERIA.items()}
-    return {"profile": p.name, "dataset": p.dataset, "commit": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+    return {"profile": p.name, "dataset": p.dataset, "commit": commit, "date": date,
             "schedule": {"epochs": p.epochs, "doubled_epochs": 2 * p.epochs, "batch_size": p.batch_size, "lr": p.lr,
                          "train_subset": p.train_subset, "train_steps": p.train_steps, "main_at": p.main_at.label},
             "seeds": list(p.seeds), "matched_n": cal.n, "matched_epochs": cal.epochs,
