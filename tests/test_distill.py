@@ -266,7 +266,7 @@ def test_chapter_page_and_summary_section(smoke_book):
 
     p = get_profile("smoke")
     n_cfg = 1 + (len(dt.ABLATIONS) - 1) * len(p.distill.temperatures)
-    assert len(s["students"]) == n_cfg * len(p.seeds) and len(s["pgd_at_students"]) == len(p.seeds)
+    assert len(s["students"]) == n_cfg * len(p.side_seed_list) and len(s["pgd_at_students"]) == len(p.side_seed_list)
     for r in s["students"]:
         assert set(r) >= {"ablation", "T", "alpha", "seed", "clean_acc", "robust_acc", "masking_flag"}
         assert set(r["robust_acc"]) >= {"pgd_ce", "pgd_margin"} and isinstance(r["masking_flag"], bool)
@@ -290,9 +290,9 @@ def test_chapter_does_not_retrain(smoke_book, monkeypatch):
     grid = dr.run_grid(ctx, progress=False)
     assert all(r.cached for r in grid.students + grid.ceiling)
     # the teachers are chapter 02's models: same weights as model_run's
-    for seed in ctx.profile.seeds:
+    for seed in ctx.profile.side_seed_list:
         at = ex.model_run(ctx, ctx.profile.main_at, seed, progress=False)
         assert torch.equal(grid.outputs[seed].at, dr.train.predict(at.model, ctx.data.train_x))
     # hard_labels is one set of students, shared by every T
     hard = [r for r in grid.students if r.ablation == "hard_labels"]
-    assert len(hard) == len(ctx.profile.seeds) and all(r.T is None and r.alpha == 0 for r in hard)
+    assert len(hard) == len(ctx.profile.side_seed_list) and all(r.T is None and r.alpha == 0 for r in hard)
