@@ -4,19 +4,28 @@ Every ablation maps the teachers' logits on the training set (and the labels) to
 the distillation temperature T*, the thing the loss actually sees. Each one keeps some of the AT
 teacher's information and destroys the rest (RESEARCH.md §5):
 
-===================== ================================================ =============================================
-ablation              keeps                                            destroys
-===================== ================================================ =============================================
-``full``              everything (softmax(z_AT / T))                   nothing
-``standard_teacher``  (control) the standard teacher's outputs         the AT teacher
-``standard_rescaled`` standard ordering (confidence ranking nearly)    standard mean confidence (set to AT's)
-``hard_labels``       (control) the labels; trained with plain CE      every soft output
-``uniform_nonmax``    argmax, top probability (exactly)                incorrect-class ordering and values
-``shuffle_nonmax``    argmax, top probability, multiset of the rest    incorrect-class ordering (Kendall τ ≈ 0)
-``uniform_confidence`` the full class ordering                         sample-wise confidence (top = population mean)
-``smoothed_labels``   the label, AT's mean confidence                  sample-wise confidence, incorrect classes
-``swap_confidence``   AT's full class ordering                         AT's sample-wise confidence (std's instead)
-===================== ================================================ =============================================
+========================== ============================================== ==============================================
+ablation                   keeps                                          destroys
+========================== ============================================== ==============================================
+``full``                   everything (softmax(z_AT / T))                 nothing
+``standard_teacher``       (control) the standard teacher's outputs       the AT teacher
+``standard_rescaled``      standard ordering (confidence ranking nearly)  standard mean confidence (set to AT's)
+``hard_labels``            (control) the labels; trained with plain CE    every soft output
+``uniform_nonmax``         argmax, top probability (exactly)              incorrect-class ordering and values
+``shuffle_nonmax``         argmax, top probability, multiset of the rest  incorrect-class ordering (Kendall τ ≈ 0)
+``class_permuted_nonmax``  every value (top p, runner-up gap, entropy)    which classes are the close rivals
+``uniform_tail``           top-1 and top-2 classes and probabilities      the other K−2 values and their ordering
+``shuffle_tail``           top-1, top-2, multiset of the other K−2        the ordering of the other K−2
+``uniform_confidence``     the full class ordering                        sample-wise confidence (top = population mean)
+``smoothed_labels``        the label, AT's mean confidence                sample-wise confidence, incorrect classes
+``swap_confidence``        AT's full class ordering                       AT's sample-wise confidence (std's instead)
+========================== ============================================== ==============================================
+
+``class_permuted_nonmax`` moves the non-max probabilities of every sample whose top class is c by one fixed
+permutation π_c of the other K−1 classes (drawn per seed), so the target stays a learnable function of the input.
+π_c is a *derangement* (no class keeps its own probability): a uniformly random permutation of 9 classes leaves
+one in place on average, and with it part of the information the ablation is meant to remove.
+The ``_tail`` ablations keep the two largest probabilities and their classes and change only the other K−2.
 
 Confidence is changed by a **per-sample temperature**: the logits z/T of a sample are multiplied by the
 one factor s > 0 that gives the wanted top probability (bisection; the top probability is increasing in
@@ -156,6 +165,61 @@ def shuffle_nonmax(t: TeacherLogits, T: float, seed: int = 0) -> Tensor:
     return p.scatter(1, src, p.gather(1, src.gather(1, perm)))
 
 
+def _derangement(n: int, g: torch.Generator) -> Tensor:
+    """A uniformly random permutation of range(n) with no fixed point (rejection: ~1/e of draws are)."""
+    while True:
+        perm = torch.randperm(n, generator=g)
+        if bool((perm != torch.arange(n)).all()):
+            return perm
+
+
+def class_maps(k: int, seed: int) -> Tensor:
+    """(K, K): row c is the class map of samples whose top class is c; it fixes c and sends the other K−1
+    classes through a derangement π_c drawn from ``seed`` (the same maps at every T and epoch)."""
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.arange(k).repeat(k, 1)
+    for c in range(k):
+        others = torch.cat([torch.arange(c), torch.arange(c + 1, k)])
+        maps[c, others] = others[_derangement(k - 1, g)]
+    return maps
+
+
+def class_permuted_nonmax(t: TeacherLogits, T: float, seed: int = 0) -> Tensor:
+    """AT's probabilities with the non-max ones moved by the fixed map of the sample's top class: class j's
+    probability goes to class π_c(j). Every value is kept and the target is still a function of the input;
+    which classes are the close rivals is not."""
+    p = soften(t.at, T)
+    dest = class_maps(p.shape[1], seed)[p.argmax(dim=1)]
+    return torch.zeros_like(p).scatter(1, dest, p)
+
+
+def _tail_index(p: Tensor) -> Tensor:
+    """(N, K−2) class indices other than each sample's two largest probabilities, in increasing class order."""
+    n, k = p.shape
+    idx = torch.arange(k).expand(n, k)
+    top2 = p.topk(2, dim=1).indices
+    keep = (idx != top2[:, :1]) & (idx != top2[:, 1:])
+    return idx[keep].view(n, k - 2)
+
+
+def uniform_tail(t: TeacherLogits, T: float, seed: int = 0) -> Tensor:
+    """AT's top-1 and top-2 classes and probabilities kept; the other K−2 share the remaining mass evenly."""
+    p = soften(t.at, T)
+    tail = _tail_index(p)
+    rest = (1 - p.topk(2, dim=1).values.sum(dim=1, keepdim=True)) / tail.shape[1]
+    return p.scatter(1, tail, rest.expand_as(tail).contiguous())
+
+
+def shuffle_tail(t: TeacherLogits, T: float, seed: int = 0) -> Tensor:
+    """AT's top-1 and top-2 kept; the other K−2 probabilities permuted among their classes, one permutation per
+    sample drawn from ``seed`` (once, before training)."""
+    p = soften(t.at, T)
+    n, m = p.shape[0], p.shape[1] - 2
+    src = _tail_index(p)
+    perm = torch.rand(n, m, generator=torch.Generator().manual_seed(seed)).argsort(dim=1)
+    return p.scatter(1, src, p.gather(1, src.gather(1, perm)))
+
+
 def uniform_confidence(t: TeacherLogits, T: float, seed: int = 0) -> Tensor:
     """Each sample's ordering kept, its top probability set to the AT teacher's population mean at T
     (per-sample temperature, see the module docstring)."""
@@ -202,6 +266,10 @@ ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
     Ablation("uniform_nonmax", uniform_nonmax, "argmax, top probability", "incorrect-class values and ordering"),
     Ablation("shuffle_nonmax", shuffle_nonmax, "argmax, top probability, non-max values",
              "incorrect-class ordering"),
+    Ablation("class_permuted_nonmax", class_permuted_nonmax, "every value, a function of the input",
+             "which classes are the close rivals"),
+    Ablation("uniform_tail", uniform_tail, "top-1 and top-2 classes and probabilities", "the other K−2 values"),
+    Ablation("shuffle_tail", shuffle_tail, "top-1 and top-2, the other K−2 values", "the other K−2's ordering"),
     Ablation("uniform_confidence", uniform_confidence, "class ordering", "sample-wise confidence"),
     Ablation("smoothed_labels", smoothed_labels, "label, mean confidence",
              "sample-wise confidence, incorrect classes, teacher argmax"),
@@ -253,3 +321,46 @@ def properties(p: Tensor, t: TeacherLogits, T: float) -> dict[str, float]:
             "mean_top": float(top.mean()), "sd_top": float(top.std()),
             "rho_top_at": spearman(top, top_prob(ref)), "rho_top_std": spearman(top, top_prob(std)),
             "tau_nonmax_at": float(nonmax_kendall(ref, p).mean())}
+
+
+def runner_up_agrees(full_p: Tensor, p: Tensor) -> Tensor:
+    """Per sample: is ``full_p``'s runner-up class (largest but the argmax) the *unique* runner-up of ``p``?
+    A tie names no rival, so a flattened target agrees nowhere."""
+    r = full_p.scatter(1, full_p.argmax(dim=1, keepdim=True), -1.0).argmax(dim=1)
+    q = p.scatter(1, p.argmax(dim=1, keepdim=True), -1.0)
+    m = q.max(dim=1, keepdim=True).values
+    return ((q == m).sum(dim=1) == 1) & (q.gather(1, r[:, None]) == m).squeeze(1)
+
+
+def _rank_corr(a: Tensor, b: Tensor, tol: float = 1e-9) -> float:
+    """Spearman ρ, NaN where either score is constant up to ``tol`` (a per-sample bisection leaves ~1e-12 of
+    noise on a constant top probability, which would otherwise get a meaningless ρ)."""
+    if float(a.max() - a.min()) < tol or float(b.max() - b.min()) < tol:
+        return float("nan")
+    return spearman(a, b)
+
+
+def target_properties(p: Tensor, full_p: Tensor, T: float) -> dict[str, float]:
+    """What a target ``p`` keeps of the full target ``full_p`` at T (the property table): mean top and runner-up
+    probability, mean runner-up gap in logit units T·ln(p₁/p₂) (inf for one-hot rows), mean entropy (nats),
+    Spearman ρ of the top probability with the full target's (NaN if constant), mean non-max Kendall τ with
+    it, and the fraction of samples whose runner-up class is the full target's. The gap is what an attacker
+    must close: flattening the non-max values keeps p₁ but widens it."""
+    top2 = p.double().topk(2, dim=1).values
+    gap = check_temperature(T) * (top2[:, 0].log() - top2[:, 1].log())
+    return {"mean_top": float(top2[:, 0].mean()), "mean_runner_up": float(top2[:, 1].mean()),
+            "mean_gap_logits": float(gap.mean()), "entropy": float(torch.special.entr(p.double()).sum(dim=1).mean()),
+            "rho_top_full": _rank_corr(top2[:, 0], top_prob(full_p)),
+            "tau_nonmax_full": float(nonmax_kendall(full_p, p).mean()),
+            "runner_up_eq_full": float(runner_up_agrees(full_p, p).double().mean())}
+
+
+def property_records(t: TeacherLogits, temperatures: tuple[float, ...], seed: int = 0) -> list[dict[str, object]]:
+    """The property table: one row per (ablation, T) with :func:`target_properties` against ``full`` at T
+    (teachers of one seed; ``seed`` also draws the permutations, as for the students)."""
+    rows: list[dict[str, object]] = []
+    for T in temperatures:
+        ref = full(t, T)
+        rows += [{"ablation": name, "T": T, **target_properties(ab(t, T, seed), ref, T)}
+                 for name, ab in ABLATIONS.items()]
+    return rows
