@@ -98,3 +98,18 @@ def test_targets_are_functions_modules_or_names():
     assert code_version_of(train.train, evaluate.evaluate) == code_version_of(evaluate.evaluate, train.train)
     with pytest.raises(ValueError):
         code_version_of(json.dumps)  # not an atlib module: it would never change, so it is refused
+
+
+def test_loaders_are_left_out_where_the_config_records_what_they_deliver():
+    """Chapter 01's controls and chapter 03's snapshots record their settings in the key's config, so editing the
+    profiles (or the context, the executors) never recomputes them; the code that computes them still counts."""
+    from atlib.core.store import LOADERS
+    from atlib.studies.confidence import early
+    from atlib.studies.theory import controls
+
+    for mod in (early, controls):
+        closure = import_closure(mod, exclude=LOADERS)
+        assert not set(closure) & {*LOADERS, "atlib.studies.distillation.settings", "atlib.training.dask_worker"}
+        assert {mod.__name__, "atlib.training.train", "atlib.studies.shrinkage.runs"} <= set(closure)
+        assert set(LOADERS) <= set(import_closure(mod)), "without exclude the loaders are followed"
+    assert code_version_of(early, exclude=LOADERS) != code_version_of(early)

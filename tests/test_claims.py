@@ -1,11 +1,14 @@
 """The claims ledger on synthetic summaries: every verdict branch, robustness to missing sections, the page."""
 import json
+import re
 
+import numpy as np
 import pytest
 
 from atlib.book import claims
 from atlib.book import pages
 from atlib.book.claims import INCONCLUSIVE, NOT_RUN, NOT_SUPPORTED, SUPPORTED
+from atlib.studies.distillation import rules
 
 
 def iv(mean, lo, hi, n=3):
@@ -27,16 +30,23 @@ def confidence(outcome, n_units=6):
     return {"confidence": {"spearman": {k: dict(rho) for k in keys}, "verdict": {"outcome": outcome}}}
 
 
+PATTERN = np.array([1.0, -1.0, 2.0, -2.0, 0.5, -0.5])  # a seed-to-seed spread with mean 0
+# per outcome of claim 3 at one T, the arms' mean robust accuracies that give it under chapter 04's rule
+ARMS = {"supported": {"class_permuted_nonmax": 0.08, "uniform_confidence": 0.08},  # both remove
+        "not supported": {"full": 0.11},  # A refuted: full − standard_teacher below E
+        "inconclusive": {"class_permuted_nonmax": 0.175, "uniform_confidence": 0.08}}  # B: c's interval straddles 0
+
+
 def distillation(*outcomes):
-    temps = ["4", "30"][:len(outcomes)]
-    rows = []
-    for T in temps:
-        rows.append({"ablation": "full", "T": float(T), "diff_vs_full": None})
-        rows.append({"ablation": "hard_labels", "T": float(T), "diff_vs_full": {"robust": iv(-0.3, -0.4, -0.2)}})
-        for name in ("uniform_nonmax", "shuffle_nonmax", "uniform_confidence"):
-            rows.append({"ablation": name, "T": float(T), "diff_vs_full": {"robust": iv(-0.15, -0.2, -0.1)}})
-    return {"distillation": {"verdict": {"by_T": {T: {"claim3": o} for T, o in zip(temps, outcomes)}},
-                             "by_config": rows}}
+    """A chapter 04 section whose verdict at T = 4 (and 30) the real rule computes from synthetic seeds."""
+    by_T = {}
+    for T, o in zip(["4", "30"], outcomes):
+        means = {"full": 0.25, "standard_teacher": 0.10, "hard_labels": 0.05} | ARMS.get(o, {})
+        robust = {k: list(means.get(k, 0.2) + 0.005 * np.roll(PATTERN, i)) for i, k in enumerate(
+            ("full", "standard_teacher", "hard_labels", "class_permuted_nonmax", "uniform_confidence"))}
+        by_T[T] = rules.claim3_at_T(robust, list(0.5 + 0.005 * PATTERN[::-1]))
+        by_T[T]["claim3"] = by_T[T]["claim3"] if o in ARMS else o
+    return {"distillation": {"verdict": {"by_T": by_T}}}
 
 
 def verdicts(summary):
@@ -74,17 +84,34 @@ def test_confidence_mapping(outcome, expected):
 
 @pytest.mark.parametrize("outcomes, expected", [
     (("supported", "supported"), SUPPORTED),
-    (("contradicted", "no distilled robustness to ablate"), NOT_SUPPORTED),
-    (("supported", "contradicted"), INCONCLUSIVE),
-    (("inconclusive", "inconclusive"), INCONCLUSIVE),
+    (("not supported", "not supported"), NOT_SUPPORTED),
+    (("supported", "not supported"), INCONCLUSIVE),
+    (("inconclusive", "supported"), INCONCLUSIVE),
     (("supported", "a new outcome"), NOT_RUN),
+    (("supported", "contradicted"), NOT_RUN),  # the first round's outcome: an older chapter 04
 ])
 def test_distillation_rule(outcomes, expected):
-    e = claims.judge_distillation(distillation(*outcomes))
+    s = distillation(*outcomes)
+    assert [v["claim3"] for v in s["distillation"]["verdict"]["by_T"].values()] == list(outcomes)
+    e = claims.judge_distillation(s)
     assert e.verdict == expected, e.reason
-    if expected != NOT_RUN:
-        assert e.values["T=4: full − hard labels"] == "+30 pp [+20, +40] (3 seeds)"
-        assert e.values["T=30: non-max shuffled − full"] == "-15 pp [-20, -10] (3 seeds)"
+    if expected == NOT_RUN:
+        return
+    by_T = s["distillation"]["verdict"]["by_T"]
+    for T, o in zip(["4", "30"], outcomes):
+        v = by_T[T]
+        if o == "not supported":  # decided by A: the ledger quotes D and E, not the ablations
+            assert v["decided_by"] == ["A"]
+            d = v["D"]
+            assert e.values[f"T={T}: D = full − standard_teacher"] == (
+                f"{100 * d['mean']:+.1f} pp [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}] (6 seeds)")
+            assert f"T={T}: E (refutation bound)" in e.values
+            assert not any(k.startswith(f"T={T}: class_permuted") for k in e.values)
+        else:  # decided by B (and C): the decisive ablation with its adjusted level
+            key = next(k for k in e.values if k.startswith(f"T={T}: class_permuted_nonmax − full"))
+            assert e.values[key].endswith("(6 seeds) at 97.5%")
+    for value in e.values.values():  # one precision: every number with one decimal
+        assert all(len(x.split(".")[1]) == 1 for x in re.findall(r"[+-]\d+\.\d+", value)), value
 
 
 def test_missing_or_malformed_sections_show_not_run():

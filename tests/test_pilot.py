@@ -7,6 +7,7 @@ import pytest
 from atlib.book import cli, pilot
 from atlib.studies import context as cx
 from atlib.studies.profiles import ModelSpec, get_profile
+from atlib.studies.distillation import findings as fx, runs as dr
 from atlib.studies.shrinkage import convergence as conv, runs as ex
 
 TINY = """extends = "smoke"
@@ -39,13 +40,17 @@ def test_record_follows_its_rule(record):
     p = get_profile(prof)
     assert rec["profile"] == "tinypilot" and rec["seeds"] == [0, 1] and rec["schedule"]["epochs"] == 3
     assert rec["schedule"]["doubled_epochs"] == 6 and rec["commit"]
+    crit = conv.criteria(p)
+    students = {conv.student_key(T) for T in p.distill.temperatures}  # chapter 04's full students, per T
+    assert students <= set(crit) and students <= set(rec["deltas"])
+    assert rec["schedule"]["student_epochs"] == p.distill.epochs
     for k, d in rec["deltas"].items():
         base, doubled = rec["per_seed"]["schedule"][k], rec["per_seed"]["doubled"][k]
         assert len(base) == len(doubled) == len(p.seeds)
         assert d == pytest.approx(sum(doubled) / len(doubled) - sum(base) / len(base))
-        if k in pilot.CRITERIA:
-            assert rec["criterion_met"][k] == (abs(d) < pilot.CRITERIA[k])
-    assert set(rec["criterion_met"]) == set(pilot.CRITERIA) and "at_clean" in rec["deltas"]
+        if k in crit:
+            assert rec["criterion_met"][k] == (abs(d) < crit[k])
+    assert set(rec["criterion_met"]) == set(crit) and "at_clean" in rec["deltas"]
     assert rec["converged"] == all(rec["criterion_met"].values())
     assert rec["matched_epochs"] >= rec["schedule"]["epochs"] and rec["matched_doubled_epochs"] > rec["matched_epochs"]
 
@@ -62,6 +67,25 @@ def test_pilot_models_are_the_books(record, monkeypatch):
     monkeypatch.setattr("atlib.training.train.train", no_training)
     runs = ex.training_runs(ctx, (ModelSpec("standard"), ctx.profile.main_at), progress=False)
     assert len(runs) == 4 and all(r.cached for r in runs)
+    monkeypatch.setattr("atlib.training.distill.distill", no_training)
+    for T in ctx.profile.distill.temperatures:  # and chapter 04's full students
+        assert all(dr.student_run(ctx, "full", T, s, progress=False).cached for s in ctx.profile.seeds)
+
+
+def test_chapter_04_quotes_the_students_part(tmp_path, monkeypatch):
+    p = get_profile("smoke")
+    keys = [conv.student_key(T) for T in p.distill.temperatures]
+    rec = {"commit": "abc123" * 7, "date": "2026-12-03 05:00", "seeds": list(p.seeds),
+           "schedule": conv.schedule(p) | {"doubled_epochs": 2 * p.epochs},
+           "deltas": {keys[0]: 0.004, keys[1]: -0.025}, "criterion_met": {keys[0]: True, keys[1]: False}}
+    monkeypatch.setattr(fx, "pilot_record", lambda prof: rec)
+    ctx = type("Ctx", (), {"profile": p})()
+    text = fx.student_convergence_text(ctx)
+    assert "+0.40 pp (met)" in text and "-2.50 pp (**not met**)" in text and "do **not** converge" in text
+    monkeypatch.setattr(fx, "pilot_record", lambda prof: rec | {"deltas": {}})
+    assert "does not cover these students" in fx.student_convergence_text(ctx)
+    monkeypatch.setattr(fx, "pilot_record", lambda prof: None)
+    assert "No convergence pilot" in fx.student_convergence_text(ctx)
 
 
 def test_chapter_02_reads_the_record_and_checks_its_schedule(tmp_path):

@@ -46,13 +46,13 @@ class Claim:
 
 
 def interval(d: Mapping[str, Any], scale: float = 1.0, unit: str = "", n_key: str = "n", what: str = "seeds",
-             signed: bool = True) -> str:
+             signed: bool = True, decimals: int | None = None) -> str:
     """``mean [low, high] (n seeds)`` from a summary interval ``{mean|value, ci, n|pairs}``; one replicate: no interval.
-    ``signed``: differences carry their sign (+/−)."""
+    ``signed``: differences carry their sign (+/−); ``decimals``: fixed decimals (default: 3 significant digits)."""
     mean = d["mean"] if "mean" in d else d["value"]
     n = len(d["pairs"]) if n_key == "pairs" else d[n_key]
     lo, hi = d["ci"]
-    f = "+.3g" if signed else ".3g"
+    f = ("+" if signed else "") + (f".{decimals}f" if decimals is not None else ".3g")
     if n < 2 or lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return f"{scale * mean:{f}}{unit} ({n} {what[:-1] if n == 1 else what}, no interval)"
     return f"{scale * mean:{f}}{unit} [{scale * lo:{f}}, {scale * hi:{f}}] ({n} {what})"
@@ -112,22 +112,29 @@ def judge_confidence(s: Mapping[str, Any]) -> Entry:
 
 
 # ------------------------------------------------------------------------------------------------ claim 3
-DISTILL_MAP = {Verdict.SUPPORTED: SUPPORTED, Verdict.CONTRADICTED: NOT_SUPPORTED,
-               Verdict.NOTHING_TO_ABLATE: NOT_SUPPORTED, Verdict.INCONCLUSIVE: INCONCLUSIVE}
-DISTILL_ABLATIONS = {"uniform_nonmax": "non-max made uniform", "shuffle_nonmax": "non-max shuffled",
-                     "uniform_confidence": "confidence made uniform"}
+DISTILL_MAP = {Verdict.SUPPORTED: SUPPORTED, Verdict.NOT_SUPPORTED: NOT_SUPPORTED, Verdict.INCONCLUSIVE: INCONCLUSIVE}
+DECISIVE_PART = {"B": "class_permuted_nonmax", "C": "uniform_confidence"}  # chapter 04's decisive ablations
 
 
-def _distill_values(rows: list[Mapping[str, Any]], T: str) -> dict[str, str]:
-    at = {r["ablation"]: r for r in rows if r.get("T") is not None and f"{r['T']:g}" == T}
+def _pp(d: Mapping[str, Any]) -> str:
+    """A chapter 04 difference (fractions) in pp, one decimal throughout, with its interval's level."""
+    level = d.get("level", 0.95)
+    return interval(d, 100, " pp", decimals=1) + ("" if abs(level - 0.95) < 1e-9 else f" at {100 * level:.1f}%")
+
+
+def _distill_values(T: str, v: Mapping[str, Any]) -> dict[str, str]:
+    """The statistics that decided claim 3 at T (chapter 04's ``decided_by``): A's, or the decisive ablations'."""
     out = {}
-    if "hard_labels" in at and at["hard_labels"].get("diff_vs_full"):
-        d = at["hard_labels"]["diff_vs_full"]["robust"]
-        flip = {"mean": -d["mean"], "ci": [-d["ci"][1], -d["ci"][0]], "n": d["n"]}
-        out[f"T={T}: full − hard labels"] = interval(flip, 100, " pp")
-    for name, label in DISTILL_ABLATIONS.items():
-        if name in at and at[name].get("diff_vs_full"):
-            out[f"T={T}: {label} − full"] = interval(at[name]["diff_vs_full"]["robust"], 100, " pp")
+    for part in v["decided_by"]:
+        if part == "A":
+            out[f"T={T}: D = full − standard_teacher"] = _pp(v["D"])
+            out[f"T={T}: full − hard_labels"] = _pp(v["A"]["full_minus_hard_labels"])
+            out[f"T={T}: E (refutation bound)"] = f"{100 * v['E']:+.1f} pp"
+        else:
+            name = DECISIVE_PART[part]
+            e = v["decisive"][name]
+            out[f"T={T}: {name} − full ({e['outcome']})"] = _pp(e["delta"])
+            out[f"T={T}: c = {name} − (full + b)/2"] = _pp(e["c"])
     return out
 
 
@@ -139,15 +146,16 @@ def judge_distillation(s: Mapping[str, Any]) -> Entry:
         by_T = sec["verdict"]["by_T"]
         outcomes = {T: v["claim3"] for T, v in by_T.items()}
         values: dict[str, str] = {}
-        for T in by_T:
-            values |= _distill_values(sec.get("by_config", []), T)
+        for T, v in by_T.items():
+            values |= _distill_values(T, v)
+        parts = {T: f"A {v['A']['outcome']}, B {v['B']}, C {v['C']}" for T, v in by_T.items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         return _missing("distillation", f"the `distillation` section lacks {e} (written by an older chapter 04?)")
     unknown = sorted(set(outcomes.values()) - set(DISTILL_MAP))
     if not outcomes or unknown:
         return _missing("distillation", f"chapter 04's outcomes {unknown or 'are empty'} are not ones this ledger knows")
     mapped = {T: DISTILL_MAP[o] for T, o in outcomes.items()}
-    why = "; ".join(f"T={T}: {o}" for T, o in outcomes.items())
+    why = "; ".join(f"T={T}: {o} ({parts[T]})" for T, o in outcomes.items())
     if all(m == SUPPORTED for m in mapped.values()):
         return Entry("distillation", SUPPORTED, f"supported at every temperature ({why})", values)
     if all(m == NOT_SUPPORTED for m in mapped.values()):
@@ -183,13 +191,15 @@ CLAIMS: dict[str, Claim] = {c.key: c for c in (
           "Some robustness distils from an AT teacher on clean inputs, and the teacher's information about the "
           "incorrect classes (and its sample-wise confidence) is essential to it.",
           "04_distillation", "distillation",
-          "Robust accuracy (surviving both PGD attacks) of students distilled on clean inputs, as seed-paired "
-          "differences (percentage points) from the student of the full AT teacher, at each distillation "
-          "temperature T; mean with a 95% Student-t interval over seeds.",
-          "chapter 04's rule gives, per T, *supported*, *contradicted*, *no distilled robustness to ablate* or "
-          "*inconclusive*; the first maps to supported, the next two to not supported, the last to "
-          "inconclusive. Across temperatures: **supported** if supported at every T, **not supported** if not "
-          "supported at every T, **inconclusive** otherwise.",
+          "Worst-case robust accuracy (PGD-CE, PGD-margin, APGD-CE, APGD-DLR) of students distilled on clean "
+          "inputs, at each distillation temperature T, seed-paired: D = full − standard-teacher student and "
+          "full − hard-label student (95% Student-t intervals), and for the two decisive ablations the "
+          "difference from full and the contrast c = a − (full + b)/2 (Bonferroni-adjusted intervals). The "
+          "cell quotes the statistics that decided the verdict.",
+          "chapter 04's rule, fixed before its numbers, gives per T *supported*, *not supported* (A refuted, or B "
+          "or C contradicted) or *inconclusive* (A undecided, or B/C inconclusive); they map one to one. Across "
+          "temperatures: **supported** if supported at every T, **not supported** if not supported at every T, "
+          "**inconclusive** otherwise.",
           judge_distillation),
 )}
 

@@ -4,7 +4,8 @@ For every seed it trains (or loads) chapter 02's standard and main AT models and
 standard models at the profile's schedule and at twice its epochs (the matched models: twice their SGD steps),
 and compares seed means. The profile **converges** when doubling moves the standard and the matched models'
 clean accuracy (whole test set) by less than 1 pp and the main AT model's robust accuracy (the evaluation subset,
-PGD with the CE and with the margin loss) by less than 2 pp. The schedule-E models are the book's own (same cache
+PGD with the CE and with the margin loss) by less than 2 pp, and doubling chapter 04's student epochs moves the
+``full`` students' worst-case robust accuracy (at each distillation T, every seed) by less than 2 pp. The schedule-E models are the book's own (same cache
 keys), so a pilot run first leaves the book warm. The result goes to ``results/<profile>/pilot_convergence.json``,
 which chapter 02 quotes; the book never re-runs the pilot.
 """
@@ -21,9 +22,10 @@ from atlib.core.data import check_data_root
 from atlib.core import stats
 from atlib.studies import context as cx
 from atlib.studies.confidence import matched as mc
+from atlib.studies.distillation import runs as dr
 from atlib.studies.profiles import ModelSpec, Profile, get_profile
 from atlib.studies.shrinkage import runs as ex
-from atlib.studies.shrinkage.convergence import CRITERIA
+from atlib.studies.shrinkage.convergence import criteria, schedule, student_key
 from atlib.training import train
 
 FILENAME = "pilot_convergence.json"
@@ -56,6 +58,15 @@ def _matched(ctx: cx.Context, n: int, progress: bool) -> list[float]:
     return [stats.accuracy(train.predict(mc.matched_model(ctx, n, s), x), y) for s in ctx.profile.seeds]
 
 
+def _students(ctx: cx.Context, progress: bool) -> dict[str, list[float]]:
+    """Per distillation T: worst-case robust accuracy of chapter 04's ``full`` student of every seed at ``ctx``'s
+    student schedule (distilled from the book's teachers, which the doubled-student run shares)."""
+    temps, seeds = ctx.profile.distill.temperatures, ctx.profile.seeds
+    cx.fill(ctx, [(dr.student_run, ("full", T, s)) for T in temps for s in seeds], "full students", progress)
+    return {student_key(T): [dr.student_run(ctx, "full", T, s, progress=False).acc("robust") for s in seeds]
+            for T in temps}
+
+
 def convergence(ctx: cx.Context, progress: bool = True) -> dict[str, Any]:
     """Run the pilot for ``ctx``'s profile; returns the record (see the module docstring)."""
     t0, commit, date = time.perf_counter(), git_commit(), time.strftime("%Y-%m-%d %H:%M")  # the code it starts with
@@ -65,14 +76,17 @@ def convergence(ctx: cx.Context, progress: bool = True) -> dict[str, Any]:
     at = ex.training_runs(ctx, (p.main_at,), progress=progress)
     cal = mc.calibrate(ctx, [r.model for r in at], p.confidence, ctx.data_root, progress)
     base["matched_clean"], doubled["matched_clean"] = _matched(ctx, cal.n, progress), _matched(ctx2, cal.n, progress)
+    ctx3 = replace(ctx, profile=replace(p, distill=replace(p.distill, epochs=2 * p.distill.epochs)))
+    base |= _students(ctx, progress)
+    doubled |= _students(ctx3, progress)
     deltas = {k: _mean(doubled[k]) - _mean(base[k]) for k in base}
-    ok = {k: abs(deltas[k]) < tol for k, tol in CRITERIA.items()}
+    rule = criteria(p)
+    ok = {k: abs(deltas[k]) < tol for k, tol in rule.items()}
     return {"profile": p.name, "dataset": p.dataset, "commit": commit, "date": date,
-            "schedule": {"epochs": p.epochs, "doubled_epochs": 2 * p.epochs, "batch_size": p.batch_size, "lr": p.lr,
-                         "train_subset": p.train_subset, "train_steps": p.train_steps, "main_at": p.main_at.label},
+            "schedule": schedule(p) | {"doubled_epochs": 2 * p.epochs},
             "seeds": list(p.seeds), "matched_n": cal.n, "matched_epochs": cal.epochs,
             "matched_doubled_epochs": mc.matched_profile(ctx2.profile, len(ctx.data.train_y), cal.n).epochs,
-            "per_seed": {"schedule": base, "doubled": doubled}, "deltas": deltas, "criteria": CRITERIA,
+            "per_seed": {"schedule": base, "doubled": doubled}, "deltas": deltas, "criteria": rule,
             "criterion_met": ok, "converged": all(ok.values()), "wall_s": round(time.perf_counter() - t0, 1)}
 
 

@@ -170,7 +170,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                                   grids=SMOKE_GRIDS),
                 gaussian=GaussianSettings(n_train=3000, n_test=3000, steps=500, eps_sweep=(0.0, 0.2, 0.4, 0.6, 0.8))),
             confidence=ConfidenceSettings("train", 0, (10, 50), 8, 30, grid_min=50),  # no spare images
-            distill=DistillSettings(student_width=32, epochs=6, batch_size=128, lrs=(0.03, 0.015), eval_subset=200),
+            distill=DistillSettings(student_width=32, epochs=6, batch_size=128, lrs=(0.03, 0.015), eval_subset=200,
+                                    apgd_steps=20),
             # chapter 04's students of the first seed only (every recipe), for the book's time budget
             audit=AuditSettings(main_subset=None, masking_subset=200, apgd_steps=20, student_seeds=1)),
     Profile(name="fashion", description="Fashion-MNIST, a small stride-2 CNN, a 10k training subset and a fixed "
@@ -200,7 +201,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                                       eps_sweep=(0.0, 0.05, 0.1, 0.2, 0.3), pgd_steps=10),
                 deep=DeepSettings(n_flip=200, flip_steps=20, bisect_iters=8, eps_max=0.5, n_calib=1000)),
             confidence=HELD_OUT_CONFIDENCE,
-            distill=DistillSettings(student_width=16, epochs=6, sweep_eps=(0.4, 0.5)),
+            distill=DistillSettings(student_width=16, epochs=6, sweep_eps=(0.4, 0.5), apgd_steps=100),
             audit=AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100)),
     Profile(name="cifar10", description="CIFAR-10, PreActResNet-18 (CIFAR stem), PGD-10 L∞ 8/255 training: the "
             "paper's scale, for a GPU",
@@ -214,7 +215,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                                       eps_sweep=(0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255), pgd_steps=10),
                 deep=DeepSettings(n_flip=500, flip_steps=20, bisect_iters=10, eps_max=32 / 255, n_calib=2000)),
             confidence=HELD_OUT_CONFIDENCE,
-            distill=DistillSettings(student_width=32, epochs=20, sweep_eps=(16 / 255, 0.1, 0.5)),
+            distill=DistillSettings(student_width=32, epochs=20, sweep_eps=(16 / 255, 0.1, 0.5), apgd_steps=100),
             audit=AuditSettings(main_subset=1000, masking_subset=500, apgd_steps=100)),
 )}
 

@@ -19,7 +19,6 @@ class Verdict(StrEnum):
     CONTRADICTED = "contradicted"  # the data go against the claim (chapter 04's B and C)
     UNDECIDED = "undecided"  # too few replicates for an interval
     NOT_SEPARATED = "not separated from accuracy"  # chapter 03: (a) holds, the accuracy control does not separate
-    NOTHING_TO_ABLATE = "no distilled robustness to ablate"  # chapter 04: the full student is not robust
 
 
 LEDGER = (Verdict.SUPPORTED, Verdict.NOT_SUPPORTED, Verdict.INCONCLUSIVE, Verdict.NOT_RUN)

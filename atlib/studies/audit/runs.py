@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from atlib.core import compat
-from atlib.core.attacks import AttackConfig, madry_step
+from atlib.core.attacks import AttackConfig
+from atlib.core.oracles import _torchattacks, oracle, run_oracle, torchattacks_version  # noqa: F401 (re-exported)
 from atlib.training import evaluate
 from atlib.training.masking import CHANCE_EPS, masking_checks, noise_threshold, same_family  # noqa: F401 (re-exported)
 from atlib.core.runtime import progress_default
@@ -53,55 +53,7 @@ ATTACKS = {
 }
 
 
-# ---------------------------------------------------------------- oracles
-
-def _torchattacks():
-    compat.import_torchvision()  # torchattacks imports torchvision: go through atlib's shim first
-    import torchattacks
-
-    return torchattacks
-
-
-def torchattacks_version() -> str:
-    return str(_torchattacks().__version__)
-
-
-def oracle(name: str, model: nn.Module, cfg: AttackConfig, apgd_steps: int, apgd_restarts: int, seed: int):
-    """A torchattacks attack object for ``name`` in ``ta_pgd``, ``apgd_ce``, ``apgd_dlr``."""
-    ta = _torchattacks()
-    norm = "Linf" if cfg.norm == "linf" else "L2"
-    if name == "ta_pgd":  # torchattacks has a fixed step only: the evaluated one, or Madry's for a cosine schedule
-        cls = ta.PGD if cfg.norm == "linf" else ta.PGDL2
-        alpha = cfg.step_size if cfg.schedule == "constant" else madry_step(cfg.eps, cfg.steps)
-        return cls(model, eps=cfg.eps, alpha=alpha, steps=cfg.steps, random_start=cfg.random_start)
-    if name in ("apgd_ce", "apgd_dlr"):
-        return ta.APGD(model, norm=norm, eps=cfg.eps, steps=apgd_steps, n_restarts=apgd_restarts, seed=seed,
-                       loss=name.removeprefix("apgd_"))
-    raise ValueError(f"unknown oracle {name!r}; valid: ta_pgd, apgd_ce, apgd_dlr")
-
-
-def run_oracle(name: str, model: nn.Module, x: Tensor, y: Tensor, cfg: AttackConfig, apgd_steps: int,
-               apgd_restarts: int, seed: int, batch_size: int = 500) -> Tensor:
-    """Adversarial inputs from a torchattacks oracle, the model in eval mode on [0, 1] inputs.
-
-    torchattacks draws its random starts from torch's *global* generator and APGD even re-seeds it, so
-    the call runs inside ``fork_rng``: it is reproducible (seeded by ``seed``) and leaves the caller's
-    random state untouched.
-    """
-    was = model.training
-    model.eval()
-    devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    out = []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            torch.manual_seed(seed)
-            atk = oracle(name, model, cfg, apgd_steps, apgd_restarts, seed)
-            for i in range(0, len(x), batch_size):
-                out.append(atk(x[i:i + batch_size], y[i:i + batch_size]).detach())
-    finally:
-        model.train(was)
-    return torch.cat(out)
-
+# ---------------------------------------------------------------- oracles (in atlib.core.oracles)
 
 def worst_case(robust: Mapping[str, Tensor]) -> Tensor:
     """A sample is robust only if it survives every attack (per-sample AND, i.e. the minimum)."""

@@ -55,7 +55,7 @@ def robustness_figure(rows: Sequence[dict[str, Any]], refs: dict[str, dict[str, 
             m = np.array([100 * at[n][key]["mean"] for n in names])
             h = np.nan_to_num(np.array([100 * at[n][key]["half_width"] for n in names]))
             ax.errorbar(m, ypos, xerr=h, fmt=marker, color="black", mfc="black" if fill else "white", capsize=3,
-                        label=f"robust (PGD-{steps} CE ∧ margin)" if fill else "clean")
+                        label=f"robust (worst case: PGD-{steps} CE, margin, APGD-CE, -DLR)" if fill else "clean")
         for n, y in zip(names, ypos):
             if at[n]["flagged_seeds"]:
                 ax.annotate("⚠ masking", (100 * at[n]["robust"]["mean"], y), fontsize=7, color="#d62728",
@@ -85,7 +85,7 @@ def masking_figure(grid: Grid, eps: float, sweep: Sequence[float], steps: Sequen
     for r in grid.students + grid.ceiling:
         col = "black" if r.ablation == "pgd_at" else tcol.get(r.T, "#7f7f7f")
         lw, alpha = (1.6, 0.9) if r.ablation == "pgd_at" else (0.7, 0.45)
-        ys = [r.acc("clean"), r.acc("robust"), *[r.acc(f"eps_{e:g}") for e in sweep]]
+        ys = [r.acc("clean"), r.acc("pgd"), *[r.acc(f"eps_{e:g}") for e in sweep]]
         axes[0].plot(xs, [100 * v for v in ys], color=col, lw=lw, alpha=alpha, marker=".", ms=3)
         ss = [r.acc("few"), r.acc("ce"), r.acc("many")]
         axes[1].plot(steps, [100 * v for v in ss], color=col, lw=lw, alpha=alpha, marker=".", ms=3)

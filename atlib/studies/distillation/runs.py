@@ -16,11 +16,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from atlib.core import attacks, data, models
+from atlib.core import attacks, data, models, oracles
 from atlib.core.runtime import progress_default, seed_everything
 from atlib.core.store import artifact_key, code_version_of, model_hash, tensor_hash
 from atlib.studies import context as cx
 from atlib.studies.distillation import targets as distill_targets
+from atlib.studies.distillation.rules import SQUARE_ARMS
 from atlib.studies.distillation.targets import TeacherLogits, get_ablation
 from atlib.studies.profiles import ModelSpec
 from atlib.studies.shrinkage import runs as shrinkage
@@ -33,8 +34,11 @@ SCHEMA = 1  # bump when the orchestration here (targets, seeds, the survivor cha
 # Teacher logits and students: the training loops (train, distill), the architecture, the data, the soft targets.
 TRAIN_CODE = code_version_of(train.train, distill.distill, models.build_model, data.load_dataset,
                              distill_targets.targets)
-# Transfer examples and student attacks: the attacks, ``train.correct`` and ``distill.survivors``, with their closures.
-EVAL_CODE = code_version_of(attacks.make_attack, train.correct, distill.survivors)
+# Transfer examples and student attacks: atlib's PGD, the torchattacks oracles (and their version), ``train.correct``
+# and ``distill.survivors``, with their closures.
+EVAL_CODE = code_version_of(attacks.make_attack, oracles.run_oracle, train.correct, distill.survivors) + "-ta" + \
+    oracles.torchattacks_version()
+WORST_CASE = ("ce", "margin", "apgd_ce", "apgd_dlr")  # a student's robust accuracy: the per-sample minimum over these
 
 
 def eval_set(ctx: Context) -> tuple[Tensor, Tensor]:
@@ -92,6 +96,7 @@ class StudentRun:
     checks: list[dict]
     train_seconds: float
     cached: bool
+    square: dict[str, Any] | None = None  # the Square check (square_check), on the arms that run it
 
     @property
     def flags(self) -> list[str]:
@@ -142,7 +147,8 @@ def _trained(ctx: Context, kind: str, cfg: dict, seed: int, fit) -> tuple[nn.Mod
 
 
 def eval_attacks(ctx: Context) -> dict[str, Any]:
-    """The attacks of a student's evaluation, all built from the teachers' evaluation attacks."""
+    """The attacks of a student's evaluation, all built from the teachers' evaluation attacks (APGD and Square,
+    torchattacks' oracles, attack the same L∞ ball as ``ce``)."""
     s, atk = ctx.profile.distill, ctx.profile.eval_attacks()
     ce = atk["linf_ce"]
     return {"ce": ce, "margin": atk["linf_margin"],
@@ -151,15 +157,30 @@ def eval_attacks(ctx: Context) -> dict[str, Any]:
             "sweep": [masking.same_family(ce, "linf", e, ce.steps) for e in s.sweep_eps]}
 
 
+def _oracle_survivors(model: nn.Module, x: Tensor, y: Tensor, alive: Tensor, name: str, cfg: attacks.AttackConfig,
+                      ctx: Context, seed: int) -> Tensor:
+    """``alive`` AND "the torchattacks oracle ``name`` fails", attacking only the alive samples."""
+    s = ctx.profile.distill
+    out = alive.cpu().bool().clone()
+    idx = out.nonzero().squeeze(1)
+    if len(idx):
+        j = idx.to(x.device)
+        xa = oracles.run_oracle(name, model, x[j], y[j], cfg, s.apgd_steps, 1, seed, queries=s.square_queries)
+        out[idx] = train.correct(model, xa, y[j])
+    return out
+
+
 def evaluate_student(ctx: Context, model: nn.Module, model_key: str, seed: int,
                      transfer: dict[str, Tensor]) -> tuple[dict[str, Tensor], bool]:
     """Per-sample robustness masks (cached): ``clean``; ``ce``/``margin`` (the teachers' PGD attacks, on the
-    clean-correct samples); ``few`` (fewer-step PGD CE); ``many`` (more-step PGD CE on the CE ∧ margin survivors);
-    ``eps_<ε>`` (PGD CE at each larger ε, each on the survivors of the previous one); ``transfer_at`` /
-    ``transfer_std`` (the teachers' PGD-CE examples); ``worst`` (every attack at the main ε)."""
+    clean-correct samples); ``apgd_ce``/``apgd_dlr`` (on the CE ∧ margin survivors: exact for the minimum);
+    ``few`` (fewer-step PGD CE); ``many`` (more-step PGD CE on the CE ∧ margin survivors); ``eps_<ε>`` (PGD CE at
+    each larger ε, each on the survivors of the previous one); ``transfer_at`` / ``transfer_std`` (the teachers'
+    PGD-CE examples). Derived: ``pgd`` (CE ∧ margin), ``robust`` (the worst case over :data:`WORST_CASE`, the
+    primary measure) and ``worst`` (every attack at the main ε)."""
     x, y = eval_set(ctx)
-    A = eval_attacks(ctx)
-    cfg = {"schema": SCHEMA, "model": model_key, "data": tensor_hash(x, y), "seed": seed,
+    A, s = eval_attacks(ctx), ctx.profile.distill
+    cfg = {"schema": SCHEMA, "model": model_key, "data": tensor_hash(x, y), "seed": seed, "apgd_steps": s.apgd_steps,
            "attacks": {k: [asdict(c) for c in v] if isinstance(v, list) else asdict(v) for k, v in A.items()},
            "transfer": {k: tensor_hash(v) for k, v in transfer.items()}}
 
@@ -167,6 +188,8 @@ def evaluate_student(ctx: Context, model: nn.Module, model_key: str, seed: int,
         r: dict[str, Tensor] = {"clean": train.correct(model, x, y)}
         for i, k in enumerate(("ce", "margin", "few")):
             r[k] = distill.survivors(model, x, y, r["clean"], A[k], seed + 1000 * i)
+        for i, k in enumerate(("apgd_ce", "apgd_dlr")):
+            r[k] = _oracle_survivors(model, x, y, r["ce"] & r["margin"], k, A["ce"], ctx, seed + 5000 + i)
         r["many"] = distill.survivors(model, x, y, r["ce"] & r["margin"], A["many"], seed + 3000)
         alive = r["many"]
         for j, c in enumerate(A["sweep"]):
@@ -178,8 +201,9 @@ def evaluate_student(ctx: Context, model: nn.Module, model_key: str, seed: int,
 
     r, hit = ctx.store.get_or_compute(artifact_key("distill_eval", cfg, EVAL_CODE, ctx.data.fingerprint),
                                       compute, meta=cfg)
-    r["robust"] = r["ce"] & r["margin"]
-    r["worst"] = r["many"] & r["few"] & r["transfer_at"] & r["transfer_std"]
+    r["pgd"] = r["ce"] & r["margin"]
+    r["robust"] = r["ce"] & r["margin"] & r["apgd_ce"] & r["apgd_dlr"]
+    r["worst"] = r["robust"] & r["many"] & r["few"] & r["transfer_at"] & r["transfer_std"]
     return r, hit
 
 
@@ -191,7 +215,7 @@ def masking_checks(ctx: Context, r: dict[str, Tensor]) -> list[dict]:
     s, n, k = ctx.profile.distill, len(r["clean"]), ctx.data.num_classes
     acc = {key: float(v.float().mean()) for key, v in r.items()}
     last = f"eps_{s.sweep_eps[-1]:g}"
-    chance, rob = 1 / k, acc["robust"]
+    chance, rob = 1 / k, acc["pgd"]
     tests = [
         ("above_chance_at_eps_0.5", acc[last] - chance, masking.noise_threshold(chance, n),
          f"L∞ ε={s.sweep_eps[-1]:g}: {100 * acc[last]:.1f}% vs chance {100 * chance:.0f}%"),
@@ -206,8 +230,43 @@ def masking_checks(ctx: Context, r: dict[str, Tensor]) -> list[dict]:
     return [{"flag": f, "value": v, "threshold": th, "passed": bool(v <= th), "detail": d} for f, v, th, d in tests]
 
 
+def square_check(ctx: Context, model: nn.Module, model_key: str, seed: int, r: dict[str, Tensor]) -> dict[str, Any]:
+    """Square (gradient-free, L∞, ``square_queries`` queries) on the first ``square_subset`` evaluation images,
+    cached; ``passed`` unless its accuracy is below the gradient worst case on the same images by more than
+    the noise threshold (the audit's: two binomial standard errors, at least three samples)."""
+    s = ctx.profile.distill
+    x, y = (t[:s.square_subset] for t in eval_set(ctx))
+    ce = eval_attacks(ctx)["ce"]
+    cfg = {"schema": SCHEMA, "model": model_key, "data": tensor_hash(x, y), "seed": seed, "eps": ce.eps,
+           "queries": s.square_queries}
+    out, _ = ctx.store.get_or_compute(
+        artifact_key("distill_square", cfg, EVAL_CODE, ctx.data.fingerprint),
+        lambda: {"square": _oracle_survivors(model, x, y, r["clean"][:len(y)], "square", ce, ctx, seed + 6000)},
+        meta=cfg)
+    return square_verdict(out["square"], r["robust"][:len(y)], s.square_queries)
+
+
+def square_verdict(square: Tensor, gradient: Tensor, queries: int) -> dict[str, Any]:
+    """The Square check from per-sample masks on the same images: flagged if Square's accuracy is below the gradient
+    attacks' worst case by more than ``masking.noise_threshold`` (a random search beating the gradients: masking)."""
+    n = len(gradient)
+    sq, grad = float(square.float().mean()), float(gradient.float().mean())
+    th = masking.noise_threshold(grad, n)
+    return {"flag": "square_below_gradient", "value": grad - sq, "threshold": th, "passed": bool(grad - sq <= th),
+            "square_acc": sq, "gradient_acc": grad, "n": n, "queries": queries,
+            "detail": f"Square ({queries} queries) {100 * sq:.1f}% vs gradient worst case {100 * grad:.1f}% on {n} images"}
+
+
 def _transfers(ctx: Context, tea: dict[str, ModelRun], seed: int) -> dict[str, Tensor]:
     return {k: transfer_inputs(ctx, tea[k].model, seed) for k in ("at", "std")}
+
+
+def _checked(ctx: Context, run: StudentRun, key: str) -> StudentRun:
+    """The Square check, on the arms that run it (``rules.SQUARE_ARMS``), joins the masking checks."""
+    if run.ablation in SQUARE_ARMS:
+        run.square = square_check(ctx, run.model, key, run.seed, run.robust)
+        run.checks = run.checks + [run.square]
+    return run
 
 
 def student_run(ctx: Context, ablation: str, T: float | None, seed: int, progress: bool | None = None,
@@ -227,8 +286,9 @@ def student_run(ctx: Context, ablation: str, T: float | None, seed: int, progres
 
     model, payload, key, hit = _trained(ctx, "distill_student", cfg, seed, fit)
     r, _ = evaluate_student(ctx, model, key, seed, _transfers(ctx, tea, seed))
-    return StudentRun(ablation, None if ab.plain_ce else float(T), dc.alpha, seed, model, payload["history"], r,
-                      masking_checks(ctx, r), payload["train_seconds"], hit)
+    run = StudentRun(ablation, None if ab.plain_ce else float(T), dc.alpha, seed, model, payload["history"], r,
+                     masking_checks(ctx, r), payload["train_seconds"], hit)
+    return _checked(ctx, run, key)
 
 
 def ceiling_run(ctx: Context, seed: int, progress: bool | None = None,
@@ -282,7 +342,7 @@ def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
     """Train (or load) every student of every seed, then the PGD-AT references; attack and check all."""
     progress = progress_default() if progress is None else progress
     t0 = time.perf_counter()
-    seeds = ctx.profile.side_seed_list
+    seeds = ctx.profile.seeds  # the paired seeds: every main seed of chapter 02, one student each
     cx.fill(ctx, [(shrinkage.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
                      "teachers", progress)
     tea = {s: teachers(ctx, s, progress) for s in seeds}

@@ -10,7 +10,8 @@ class DistillSettings:
 
     ``lrs[i]`` is the peak learning rate at ``temperatures[i]``: T and lr are chosen together (the
     batchmean KL's gradient grows with T up to the centred logit difference / K). Students use the
-    profile's architecture at ``student_width``, SGD as in ``train.train`` and the profile's weight decay.
+    profile's architecture at ``student_width``, SGD as in ``train.train`` and the profile's weight decay. One
+student per main seed of the profile (``Profile.seeds``), distilled from that seed's teachers: the paired seeds.
     """
 
     temperatures: tuple[float, ...] = (4.0, 30.0)
@@ -23,8 +24,9 @@ class DistillSettings:
     few_steps: int = 10  # PGD-CE steps of the "fewer steps" check
     many_steps: int = 50  # PGD-CE steps run on the PGD-20 survivors
     sweep_eps: tuple[float, ...] = (0.2, 0.3, 0.5)  # L∞ ε above the main one, attacked on survivors; ends at 0.5
-    remove_margin: float = 0.10  # an ablation "removes" robustness if its paired drop exceeds this (CI > 0)
-    equivalence_margin: float = 0.05  # ... and "keeps" it if the paired CI lies within ± this
+    apgd_steps: int = 25  # APGD-CE and APGD-DLR iterations (torchattacks), in every student's worst case
+    square_queries: int = 1000  # Square (L∞, gradient-free) queries per image, on the masking-check arms
+    square_subset: int = 100  # ... on the first N of the students' evaluation images, the same for every student
 
     def __post_init__(self) -> None:
         if not self.temperatures or len(self.lrs) != len(self.temperatures):
@@ -37,9 +39,9 @@ class DistillSettings:
             raise ValueError(f"need 0 < few_steps ({self.few_steps}) < many_steps ({self.many_steps})")
         if not self.sweep_eps or self.sweep_eps[-1] != 0.5 or list(self.sweep_eps) != sorted(set(self.sweep_eps)):
             raise ValueError(f"sweep_eps={self.sweep_eps!r} must increase and end at L∞ 0.5 (where accuracy must be at chance)")
-        if not (0 < self.equivalence_margin <= self.remove_margin):
-            raise ValueError(f"need 0 < equivalence_margin ({self.equivalence_margin}) <= remove_margin "
-                             f"({self.remove_margin})")
+        if self.apgd_steps < 1 or self.square_queries < 1 or not 1 <= self.square_subset <= self.eval_subset:
+            raise ValueError(f"need apgd_steps >= 1 ({self.apgd_steps}), square_queries >= 1 ({self.square_queries}) "
+                             f"and 1 <= square_subset ({self.square_subset}) <= eval_subset ({self.eval_subset})")
 
     def lr_at(self, T: float) -> float:
         """The learning rate chosen for temperature ``T``."""

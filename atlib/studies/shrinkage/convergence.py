@@ -14,15 +14,33 @@ from atlib.studies.profiles import Profile
 RESULTS = Path(__file__).resolve().parents[3] / "results"
 # The pilot's rule: doubling the epochs moves each of these seed means by less than this (accuracy, 0–1)
 CRITERIA = {"standard_clean": 0.01, "at_robust_linf_ce": 0.02, "at_robust_linf_margin": 0.02, "matched_clean": 0.01}
+STUDENT_CRITERION = 0.02  # chapter 04's full students: worst-case robust accuracy, at each distillation T
 LABELS = {"standard_clean": "standard, clean accuracy", "at_clean": "main AT, clean accuracy", "at_robust_linf_ce": "main AT, robust accuracy (PGD-CE)",
           "at_robust_linf_margin": "main AT, robust accuracy (PGD-margin)",
           "matched_clean": "matched control, clean accuracy"}
 
 
+def student_key(T: float) -> str:
+    """The record's key of the full students' robust accuracy at distillation temperature ``T``."""
+    return f"full_student_robust_T{T:g}"
+
+
+def criteria(p: Profile) -> dict[str, float]:
+    """The pilot's rule for ``p``: :data:`CRITERIA` and the full students' at each of its temperatures."""
+    return CRITERIA | {student_key(T): STUDENT_CRITERION for T in p.distill.temperatures}
+
+
+def label(key: str) -> str:
+    if key.startswith("full_student_robust_T"):
+        return f"chapter 04's full student at T = {key.removeprefix('full_student_robust_T')}, worst-case robust accuracy"
+    return LABELS.get(key, key)
+
+
 def schedule(p: Profile) -> dict[str, Any]:
-    """What a pilot record must have been run with to vouch for ``p``'s models."""
+    """What a pilot record must have been run with to vouch for ``p``'s models (chapter 04's students too)."""
     return {"epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr, "train_subset": p.train_subset,
-            "train_steps": p.train_steps, "main_at": p.main_at.label}
+            "train_steps": p.train_steps, "main_at": p.main_at.label, "student_epochs": p.distill.epochs,
+            "student_temperatures": list(p.distill.temperatures)}
 
 
 def pilot_record(p: Profile, root: Path = RESULTS) -> dict[str, Any] | None:
@@ -54,14 +72,15 @@ def convergence_text(rec: dict[str, Any] | None, p: Profile) -> str:
     if stale:
         return (f"**The recorded pilot (commit `{rec['commit'][:12]}`, {rec['date']}) was run for another "
                 f"schedule** (differs in {', '.join(stale)}): convergence of these models is not shown. Re-run {cmd}.")
-    rows = [f"- {LABELS.get(k, k)}: {100 * d:+.2f} pp " + (
+    rows = [f"- {label(k)}: {100 * d:+.2f} pp " + (
             f"(limit ±{100 * rec['criteria'][k]:g} pp) → {'met' if rec['criterion_met'][k] else '**not met**'}"
             if k in rec["criteria"] else "(reported, no criterion)") for k, d in rec["deltas"].items()]
     s = rec["schedule"]
     head = (f"Convergence pilot ({cmd}, commit `{rec['commit'][:12]}`, {rec['date']}, seeds "
             f"{', '.join(map(str, rec['seeds']))}): every model trained at {s['epochs']} epochs and again at "
             f"{s['doubled_epochs']} (the matched control at n = {rec['matched_n']}: {rec['matched_epochs']} and "
-            f"{rec['matched_doubled_epochs']} epochs). Doubling moves the seed means by:")
+            f"{rec['matched_doubled_epochs']} epochs; chapter 04's full students at {s['student_epochs']} and "
+            f"{2 * s['student_epochs']} epochs). Doubling moves the seed means by:")
     tail = ("The schedule **converges** by the pilot's criterion." if rec["converged"] else
             "The schedule does **not** converge by the pilot's criterion: these models are not trained to convergence.")
     return "\n".join([head, *rows, "", tail])

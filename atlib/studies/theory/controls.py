@@ -17,7 +17,7 @@ from scipy import stats as sps
 from torch import nn
 
 from atlib.core import attacks, stats
-from atlib.core.store import artifact_key, code_version_of
+from atlib.core.store import LOADERS, artifact_key, code_version_of
 from atlib.studies import context as cx
 from atlib.studies.profiles import ModelSpec
 from atlib.studies.shrinkage import runs as shrinkage
@@ -32,9 +32,9 @@ KIND_LABELS = {"label_smoothing": "label smoothing α", "logit_squeeze": "logit 
 
 
 def _code() -> str:
-    """This module's import closure (the linear theory, chapter 02's runs, train, evaluate, attacks): every
+    """This module's import closure but the loaders (the linear theory, chapter 02's runs, train, evaluate, attacks): every
     artifact here is computed by this module's functions; the models' own code also enters via ``shrinkage.CODE``."""
-    return code_version_of(__name__)
+    return code_version_of(__name__, exclude=LOADERS)
 
 
 # ---------------------------------------------------------------------------------------------------
