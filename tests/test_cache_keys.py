@@ -103,13 +103,15 @@ def test_targets_are_functions_modules_or_names():
 def test_loaders_are_left_out_where_the_config_records_what_they_deliver():
     """Chapter 01's controls and chapter 03's snapshots record their settings in the key's config, so editing the
     profiles (or the context, the executors) never recomputes them; the code that computes them still counts."""
-    from atlib.core.store import LOADERS
+    from atlib.core.keys import LOADERS, closure_without, code_version_without
     from atlib.studies.confidence import early
     from atlib.studies.theory import controls
 
     for mod in (early, controls):
-        closure = import_closure(mod, exclude=LOADERS)
+        closure = closure_without(mod)
         assert not set(closure) & {*LOADERS, "atlib.studies.distillation.settings", "atlib.training.dask_worker"}
         assert {mod.__name__, "atlib.training.train", "atlib.studies.shrinkage.runs"} <= set(closure)
         assert set(LOADERS) <= set(import_closure(mod)), "without exclude the loaders are followed"
-    assert code_version_of(early, exclude=LOADERS) != code_version_of(early)
+    assert code_version_without(early) != code_version_of(early)
+    assert closure_without(early, exclude=()) == import_closure(early), "the same reading of the sources"
+    assert "atlib.core.keys" not in import_closure(train.train), "keys is outside the training closure"

@@ -110,38 +110,34 @@ def _target_module(target: Any) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _closure(roots: tuple[str, ...], exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The sorted transitive atlib imports of the modules ``roots``, these included (memoised per root set);
-    the modules ``exclude`` are neither included nor followed."""
+def _closure(roots: tuple[str, ...]) -> tuple[str, ...]:
+    """The sorted transitive atlib imports of the modules ``roots``, these included (memoised per root set)."""
     seen: set[str] = set()
-    todo = [r for r in roots if r not in exclude]
+    todo = list(roots)
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo.extend(d for d in _module_info(name)[1] if d not in exclude)
+            todo.extend(_module_info(name)[1])
     return tuple(sorted(seen))
 
 
-def import_closure(*targets: Any, exclude: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """Sorted names of every atlib module that the targets' defining modules import, transitively (themselves too),
-    not entering the modules ``exclude``.
+def import_closure(*targets: Any) -> tuple[str, ...]:
+    """Sorted names of every atlib module that the targets' defining modules import, transitively (themselves too).
 
     Read from the source with :mod:`ast`, not from ``sys.modules``: what a module imports inside a function
     counts although it may not have run yet."""
     if not targets:
         raise ValueError("import_closure needs at least one function or module")
-    return _closure(tuple(sorted({_target_module(t) for t in targets})), tuple(sorted(exclude)))
+    return _closure(tuple(sorted({_target_module(t) for t in targets})))
 
 
-def code_version_of(*targets: Any, exclude: tuple[str, ...] = ()) -> str:
+def code_version_of(*targets: Any) -> str:
     """Short hash of the source of every module in :func:`import_closure` of ``targets``: the code version of
     an artifact that these functions/modules produce. Names and contents only, sorted: the same in every
-    process and checkout; any edit to a module they (transitively) import changes it. ``exclude``: modules that
-    only deliver what the artifact's config already records (e.g. the profiles and the context that loads them),
-    kept out so that editing them does not recompute it."""
+    process and checkout; any edit to a module they (transitively) import changes it."""
     h = hashlib.sha256()
-    for name in import_closure(*targets, exclude=exclude):
+    for name in import_closure(*targets):
         h.update(f"{name}\0{_module_info(name)[0]}\n".encode())
     return h.hexdigest()[:12]
 
@@ -156,10 +152,6 @@ def _canonical(obj: Any) -> Any:
     if isinstance(obj, float):
         return f"float:{obj!r}"  # exact (0.1 != 0.10000001) and never equal to the string "0.1"
     return obj
-
-
-# Modules that hand an experiment its settings and data, never compute it: configs record what they deliver.
-LOADERS = ("atlib.studies.context", "atlib.studies.profiles")
 
 
 def artifact_key(kind: str, config: Any, code: str, data_fingerprint: str) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from atlib.core import stats
-from atlib.core.store import LOADERS, artifact_key, code_version_of
+from atlib.core.keys import code_version_without
+from atlib.core.store import artifact_key
 from atlib.studies import context as cx
 from atlib.studies.confidence.matched import STANDARD, selection_set
 from atlib.studies.shrinkage import runs as ex
@@ -29,7 +30,7 @@ def std_snapshots(ctx: cx.Context, seed: int, select_on: str, holdout: int, data
     """Chapter 02's standard run for ``seed``, re-trained with per-epoch test logits and selection accuracy."""
     cfg = {"schema": SCHEMA, "std_run": ex.run_config(ctx, STANDARD, seed), "select_on": select_on,
            "holdout": holdout if select_on == "holdout" else 0}
-    key = artifact_key("stdsnapshots", cfg, code_version_of(__name__, exclude=LOADERS), ctx.data.fingerprint)
+    key = artifact_key("stdsnapshots", cfg, code_version_without(__name__), ctx.data.fingerprint)
     sel_x, sel_y, _ = selection_set(ctx, select_on, holdout, data_root)
 
     def compute() -> dict[str, Any]:

@@ -17,7 +17,8 @@ from scipy import stats as sps
 from torch import nn
 
 from atlib.core import attacks, stats
-from atlib.core.store import LOADERS, artifact_key, code_version_of
+from atlib.core.keys import code_version_without
+from atlib.core.store import artifact_key
 from atlib.studies import context as cx
 from atlib.studies.profiles import ModelSpec
 from atlib.studies.shrinkage import runs as shrinkage
@@ -34,7 +35,7 @@ KIND_LABELS = {"label_smoothing": "label smoothing α", "logit_squeeze": "logit 
 def _code() -> str:
     """This module's import closure but the loaders (the linear theory, chapter 02's runs, train, evaluate, attacks): every
     artifact here is computed by this module's functions; the models' own code also enters via ``shrinkage.CODE``."""
-    return code_version_of(__name__, exclude=LOADERS)
+    return code_version_without(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------
