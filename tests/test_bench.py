@@ -59,9 +59,11 @@ def test_bad_bench_config_says_what_is_wrong(bad, frag):
         BenchConfig(**({"batch_size": 4, "steps": 1, "n_images": 8, "repeats": 1} | bad))
 
 
-def test_ensemble_bench_compares_equal_work():
+@pytest.mark.parametrize("width,input_grad", [(16, True), (8, False)])  # AT models' PGD step; students' step
+def test_ensemble_bench_compares_equal_work(width, input_grad):
     from atlib.training.ensemble_bench import ensemble_vs_sequential
 
-    r = ensemble_vs_sequential(n_models=2, batch_size=4, repeats=1, threads=None)
+    r = ensemble_vs_sequential(n_models=2, batch_size=4, repeats=1, threads=None, width=width, input_grad=input_grad)
     assert r["n_models"] == 2 and r["sequential_s"] > 0 and r["vmap_s"] > 0
+    assert r["width"] == width and r["input_grad"] == input_grad
     assert r["max_grad_diff"] < 1e-5, "vmap over stacked weights computes each model's own gradients"

@@ -53,7 +53,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bn.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     bn.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     bn.add_argument("--ensemble", action="store_true", help="instead: 6 small CNNs one by one vs one torch.func.vmap "
-                                                            "over their stacked weights (one thread, CPU)")
+                                                            "over their stacked weights (one thread, CPU): the AT "
+                                                            "models' PGD step and chapter 04's students' step")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -64,7 +65,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.ensemble:
         from atlib.training.ensemble_bench import ensemble_vs_sequential
 
-        print(json.dumps(ensemble_vs_sequential(repeats=args.repeats * 7), indent=1))
+        print(json.dumps({"AT models (width 16, PGD step)": ensemble_vs_sequential(repeats=args.repeats * 7),
+                          "chapter 04 students (width 8, distillation step)": ensemble_vs_sequential(
+                              repeats=args.repeats * 7, width=8, input_grad=False)}, indent=1))
         return 0
     try:
         bench_main(BenchConfig(args.model, args.batch_size, args.steps, args.n_images, args.repeats, args.device,

@@ -73,7 +73,7 @@ class Profile:
     train_steps: int
     eval_steps: int
     meant_for: str = "cpu"
-    side_seeds: int | None = None  # the first N seeds train everything but the standard and main AT models (None: all)
+    side_seeds: int | None = None  # the first N seeds train all but the main models, matched controls and students (None: all)
     pool_jobs: bool = True  # CPU: train independent models in worker processes (atlib.training.pool); off where jobs take ~1 s
     fast: bool = False  # on CUDA: train with atlib's fast path (bf16 autocast, channels_last, fused SGD, compile)
     theory: TheorySettings  # chapter 01

@@ -110,7 +110,8 @@ def setting_table(ctx: Context) -> Markdown:
         "AT attack (training)": tr_at.label + f", step {tr_at.step_size:.3g}, random start" if tr_at else "-",
         "evaluation attacks": "; ".join(f"{c.label} (step {c.step_size:.3g}, random start)" for c in atk.values()),
         "seeds": ", ".join(map(str, p.seeds)) + (
-            f" (standard and main AT models; the first {len(p.side_seed_list)} for everything else)"
+            f" (standard and main AT models, matched controls, chapter 04's students; the first "
+            f"{len(p.side_seed_list)} for everything else)"
             if p.side_seed_list != p.seeds else ""),
         "device": device_name(ctx.device),
     }

@@ -18,7 +18,7 @@ student per main seed of the profile (``Profile.seeds``), distilled from that se
     lrs: tuple[float, ...] = (0.02, 0.01)
     alpha: float = 1.0  # KL weight (ARD's default); the hard-label control is alpha = 0 (plain CE)
     student_width: int | None = 8  # None: the teachers' width
-    epochs: int = 4
+    epochs: int = 8  # fashion: 4 moved the full students' robust accuracy by +2.1 pp on doubling (pilot), 8 is checked
     batch_size: int = 128
     eval_subset: int = 500  # the first N of the profile's evaluation subset
     few_steps: int = 10  # PGD-CE steps of the "fewer steps" check
