@@ -62,9 +62,9 @@
 # cross-entropy, so a learning rate that is safe for the teachers' recipe diverges here. The rule: from
 # the grid {glue:text}`lr_grid`, per $T$, the largest peak learning rate at which, in a
 # development pilot on the default `fashion` profile (every distilled ablation, three seeds, the
-# students' schedule of the time, 4 epochs), no student diverged and none ended with a training loss above
-# twice the median of its ablation's seeds. It is chosen on the *training loss*, never on robustness, and
-# the pilot is not re-run by the book (nor was it at the 8 epochs the convergence pilot then required). For comparison, ARD's $\eta$ = {glue:text}`ard_lr` corresponds to {glue:text}`ard_lr_here` here
+# students' schedule of the time), no student diverged and none ended with a training loss above twice the
+# median of its ablation's seeds. It is chosen on the *training loss*, never on robustness, and the pilot is
+# not re-run by the book (nor after the convergence pilot doubled the students' epochs on `fashion`). For comparison, ARD's $\eta$ = {glue:text}`ard_lr` corresponds to {glue:text}`ard_lr_here` here
 # ($\eta_{\text{ARD}}/K$ with $K$ = {glue:text}`n_classes` classes). The values in use are in the settings table below; those of the other profiles are in `atlib/studies/profiles.py` (the
 # `smoke` test profile's were picked for speed, the `mnist` and `cifar10` ones are untested).
 #
@@ -76,7 +76,7 @@
 # **Convergence of the students.** The students' schedule is checked like the teachers' (chapter 02): the
 # convergence pilot (`python -m atlib pilot convergence`) also distils the `full` students of every seed at
 # twice their epochs, and they count as converged if their worst-case robust accuracy moves by less than
-# 2 pp. What the committed pilot found is printed below the settings.
+# {glue:text}`student_criterion` pp. What the committed pilot found is printed below the settings.
 
 # %% tags=["parameters"]
 profile = "fashion"  # a built-in profile (atlib.studies.profiles.PROFILES) or a TOML profile file
@@ -133,7 +133,7 @@ display(Markdown(fx.student_convergence_text(ctx)))
 # - **Permutations are drawn once.** `shuffle_nonmax` and `shuffle_tail` draw one permutation per sample,
 #   `class_permuted_nonmax` one derangement per top class, from the student's seed before training, and
 #   keep them for every epoch; re-drawing each epoch would average back to the uniform target. A
-#   *derangement* moves every class: a uniformly random permutation of {glue:text}`n_classes` − 1 classes leaves one in
+#   *derangement* moves every class: a uniformly random permutation of the $K-1$ classes leaves one in
 #   place on average, and with it part of the information the ablation removes.
 # - **Confidence is changed by a per-sample temperature.** `uniform_confidence` and `swap_confidence`
 #   multiply a sample's logits $z/T$ by the one factor $s_i > 0$ that gives the wanted top probability
@@ -186,17 +186,17 @@ display(Markdown(fx.student_convergence_text(ctx)))
 # >
 # > - The **baseline** $b$ is the `standard_teacher` student at the same $T$: the same distillation from a
 # >   teacher with no robustness. $D$ = full − $b$.
-# > - **(A) Robustness distils** *holds* if the 95% intervals of full − `standard_teacher` and of
-# >   full − `hard_labels` both lie above 0; it is *refuted* if either interval's upper end lies below
+# > - **(A) Robustness distils** *holds* if the {glue:text}`ci` intervals of full − `standard_teacher` and of
+# >   full − `hard_labels` both lie above zero; it is *refuted* if either interval's upper end lies below
 # >   $E$ = {glue:text}`ceiling_fraction` × (PGD-AT student − $b$), less than a tenth of the robustness the ceiling
 # >   shows; otherwise it is *undecided*.
 # > - The **decisive** ablations are `class_permuted_nonmax` (for B) and `uniform_confidence` (for C);
 # >   their intervals are Bonferroni-adjusted over the two, at level {glue:text}`bonf_level` (t factor
-# >   {glue:text}`t_adj`, against {glue:text}`t_n` at 95%). For each decisive ablation $a$, with
-# >   $\Delta_a$ = $a$ − full and the contrast $c_i = a_i - (\text{full}_i + b_i)/2$ (below 0: $a$ lost more than
+# >   {glue:text}`t_adj`, against {glue:text}`t_n` at {glue:text}`ci`). For each decisive ablation $a$, with
+# >   $\Delta_a$ = $a$ − full and the contrast $c_i = a_i - (\text{full}_i + b_i)/2$ (negative: $a$ lost more than
 # >   half of the distilled robustness), the outcome is the first that applies: **removes** if $c$'s interval
-# >   lies below 0; **raises** if $\Delta_a$'s interval lies above 0; **reduces** if $\Delta_a$'s interval lies
-# >   below 0; **keeps** if $c$'s interval lies above 0; otherwise **inconclusive**.
+# >   lies below zero; **raises** if $\Delta_a$'s interval lies above zero; **reduces** if $\Delta_a$'s interval
+# >   lies below zero; **keeps** if $c$'s interval lies above zero; otherwise **inconclusive**.
 # > - **(B) Incorrect-class information is essential**: supported if `class_permuted_nonmax` removes;
 # >   contradicted if it keeps or raises; otherwise inconclusive. **(C) Sample-wise confidence is
 # >   essential**: the same with `uniform_confidence`.
@@ -206,12 +206,12 @@ display(Markdown(fx.student_convergence_text(ctx)))
 # >   every $T$, or mixed/inconclusive.
 # > - Every other ablation (`uniform_nonmax`, `shuffle_nonmax`, `uniform_tail`, `shuffle_tail`,
 # >   `swap_confidence`, `standard_rescaled`, `smoothed_labels`, `hard_labels`) is **descriptive**: the same
-# >   outcomes with unadjusted 95% intervals, in a separate table, never part of the verdict.
+# >   outcomes with unadjusted {glue:text}`ci` intervals, in a separate table, never part of the verdict.
 # > - A **flagged** student is never credited with robustness: an outcome that would rest on the accuracy of a
 # >   flagged arm, on the side that makes it easier, is not given.
 #
 # The first round's rule, which this replaces, compared with the hard-label student only, used a fixed
-# −10 pp "removes" threshold about the size of the whole distilled effect, read a lack of power as a
+# "removes" threshold about the size of the whole distilled effect, read a lack of power as a
 # negative result and corrected for none of its sixteen tests.
 
 # %%
@@ -255,7 +255,7 @@ rep.reference_table(refs, ctx.profile.eval_steps)
 
 # %% [markdown]
 # The students. Accuracies in %, mean ± {glue:text}`ci` t-interval over seeds; $\Delta$ is the seed-paired difference
-# from the `full` student at the same $T$ in percentage points, with its 95% interval.
+# from the `full` student at the same $T$ in percentage points, with its {glue:text}`ci` interval.
 
 # %%
 rows = rep.aggregate(grid)
@@ -286,7 +286,7 @@ plots.save(fig, results_dir, "distill_masking");
 # ## Verdict
 #
 # The rule stated above, applied by code to this run's numbers. First part A, then the decisive ablations
-# (Bonferroni-adjusted), then the descriptive ones (unadjusted 95%, never part of the verdict), each beside
+# (Bonferroni-adjusted), then the descriptive ones (unadjusted {glue:text}`ci`, never part of the verdict), each beside
 # its target's runner-up gap.
 
 # %%

@@ -13,7 +13,7 @@ from atlib.studies.distillation import rules
 from atlib.studies.distillation.runs import Grid, eval_attacks
 from atlib.studies.distillation.views import pp
 from atlib.studies.prose import glue, glue_setting, t_factor
-from atlib.studies.shrinkage.convergence import pilot_record, stale_fields, student_key
+from atlib.studies.shrinkage.convergence import STUDENT_CRITERION, pilot_record, stale_fields, student_key
 
 # ARD's released defaults (Goldblum et al. 2020), quoted by the chapter for comparison; never used to train
 ARD_T, ARD_LR = 30.0, 0.1
@@ -39,7 +39,7 @@ def glue_prose(ctx: Context) -> None:
                         "t_adj": t_adj, "bonf_level": f"{100 * bonf:.1f}%", "ceiling_fraction": f"{rules.CEILING_FRACTION:g}",
                         "apgd_steps": s.apgd_steps, "square_queries": s.square_queries,
                         "square_subset": s.square_subset, "square_arms": ", ".join(f"`{a}`" for a in rules.SQUARE_ARMS),
-                        "n_student_seeds": n}.items():
+                        "n_student_seeds": n, "student_criterion": f"{100 * STUDENT_CRITERION:g}"}.items():
         glue(name, value)
 
 
@@ -104,7 +104,7 @@ def student_convergence_text(ctx: Context) -> str:
     return (f"Convergence pilot ({cmd}, commit `{rec['commit'][:12]}`, {rec['date']}): doubling the students' epochs "
             f"({rec['schedule']['student_epochs']} → {2 * rec['schedule']['student_epochs']}) moves the full students' "
             f"worst-case robust accuracy (mean of {len(rec['seeds'])} seeds) by " + "; ".join(parts) + ". "
-            + ("The students **converge** by the pilot's criterion (< 2 pp)." if ok else
+            + (f"The students **converge** by the pilot's criterion (< {100 * STUDENT_CRITERION:g} pp)." if ok else
                "The students do **not** converge by the pilot's criterion: they are not trained to convergence."))
 
 
