@@ -65,11 +65,12 @@ def ci_label() -> str:
     return f"{inspect.signature(stats.mean_ci).parameters['level'].default:.0%}"
 
 
-def t_factor(n: int) -> float:
-    """The Student-t factor of an interval over ``n >= 2`` replicates at the book's level (4.30 for n = 3 at 95%)."""
+def t_factor(n: int, level: float | None = None) -> float:
+    """The Student-t factor of an interval over ``n >= 2`` replicates at ``level`` (default: the book's level;
+    4.30 for n = 3 at 95%)."""
     from scipy import stats as sps
 
-    level = inspect.signature(stats.mean_ci).parameters["level"].default
+    level = inspect.signature(stats.mean_ci).parameters["level"].default if level is None else level
     return float(sps.t.ppf(0.5 + level / 2, df=n - 1))
 
 

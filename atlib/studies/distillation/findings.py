@@ -28,7 +28,6 @@ def glue_prose(ctx: Context) -> None:
     glue_setting(ctx)
     temps = [f"{T:g}" for T in s.temperatures]
     bonf = 1 - rules.ALPHA / len(rules.DECISIVE)
-    t_adj = _t(n, bonf)
     for name, value in {"temps": " and ".join(temps), "T_low": temps[0], "T_high": temps[-1],
                         "ard_T": f"{ARD_T:g}", "ard_lr": f"{ARD_LR:g}", "ard_lr_here": f"{ARD_LR / k:.3g}",
                         "lr_grid": ", ".join(f"{x:g}" for x in PILOT_LR_GRID), "n_classes": k,
@@ -36,19 +35,11 @@ def glue_prose(ctx: Context) -> None:
                         "t_df": n - 1, "student_width": _width(s.student_width or ctx.profile.width),
                         "teacher_width": _width(ctx.profile.width), "student_epochs": s.epochs,
                         "teacher_epochs": ctx.profile.epochs, "t_n": f"{t_factor(n):.2f}" if n > 1 else "undefined (one seed)",
-                        "t_adj": t_adj, "bonf_level": f"{100 * bonf:.1f}%", "ceiling_fraction": f"{rules.CEILING_FRACTION:g}",
+                        "t_adj": f"{t_factor(n, bonf):.2f}" if n > 1 else "undefined (one seed)", "bonf_level": f"{100 * bonf:.1f}%", "ceiling_fraction": f"{rules.CEILING_FRACTION:g}",
                         "apgd_steps": s.apgd_steps, "square_queries": s.square_queries,
                         "square_subset": s.square_subset, "square_arms": ", ".join(f"`{a}`" for a in rules.SQUARE_ARMS),
                         "n_student_seeds": n, "student_criterion": f"{100 * STUDENT_CRITERION:g}"}.items():
         glue(name, value)
-
-
-def _t(n: int, level: float) -> str:
-    if n < 2:
-        return "undefined (one seed)"
-    from scipy import stats as sps
-
-    return f"{sps.t.ppf(0.5 + level / 2, df=n - 1):.2f}"
 
 
 def _width(w: int | None) -> int | str:
@@ -93,14 +84,14 @@ def student_convergence_text(ctx: Context) -> str:
     if rec is None:
         return f"**No convergence pilot is recorded for `{p.name}`**: the students' convergence is not shown ({cmd})."
     stale = stale_fields(rec, p)
-    keys = [student_key(T) for T in p.distill.temperatures]
-    if stale or any(k not in rec["deltas"] for k in keys):
+    keys = {T: student_key(T) for T in p.distill.temperatures}
+    if stale or any(k not in rec["deltas"] for k in keys.values()):
         why = f"differs in {', '.join(stale)}" if stale else "it has no students"
         return (f"**The recorded pilot (commit `{rec['commit'][:12]}`) does not cover these students** ({why}): "
                 f"their convergence is not shown. Re-run {cmd}.")
-    parts = [f"T = {k.removeprefix('full_student_robust_T')}: {100 * rec['deltas'][k]:+.2f} pp "
-             f"({'met' if rec['criterion_met'][k] else '**not met**'})" for k in keys]
-    ok = all(rec["criterion_met"][k] for k in keys)
+    parts = [f"T = {T:g}: {100 * rec['deltas'][k]:+.2f} pp ({'met' if rec['criterion_met'][k] else '**not met**'})"
+             for T, k in keys.items()]
+    ok = all(rec["criterion_met"][k] for k in keys.values())
     return (f"Convergence pilot ({cmd}, commit `{rec['commit'][:12]}`, {rec['date']}): doubling the students' epochs "
             f"({rec['schedule']['student_epochs']} → {2 * rec['schedule']['student_epochs']}) moves the full students' "
             f"worst-case robust accuracy (mean of {len(rec['seeds'])} seeds) by " + "; ".join(parts) + ". "

@@ -15,6 +15,7 @@ RESULTS = Path(__file__).resolve().parents[3] / "results"
 # The pilot's rule: doubling the epochs moves each of these seed means by less than this (accuracy, 0–1)
 CRITERIA = {"standard_clean": 0.01, "at_robust_linf_ce": 0.02, "at_robust_linf_margin": 0.02, "matched_clean": 0.01}
 STUDENT_CRITERION = 0.02  # chapter 04's full students: worst-case robust accuracy, at each distillation T
+STUDENT_PREFIX = "full_student_robust_T"  # + T: the record's key of those students
 LABELS = {"standard_clean": "standard, clean accuracy", "at_clean": "main AT, clean accuracy", "at_robust_linf_ce": "main AT, robust accuracy (PGD-CE)",
           "at_robust_linf_margin": "main AT, robust accuracy (PGD-margin)",
           "matched_clean": "matched control, clean accuracy"}
@@ -22,7 +23,7 @@ LABELS = {"standard_clean": "standard, clean accuracy", "at_clean": "main AT, cl
 
 def student_key(T: float) -> str:
     """The record's key of the full students' robust accuracy at distillation temperature ``T``."""
-    return f"full_student_robust_T{T:g}"
+    return f"{STUDENT_PREFIX}{T:g}"
 
 
 def criteria(p: Profile) -> dict[str, float]:
@@ -31,8 +32,8 @@ def criteria(p: Profile) -> dict[str, float]:
 
 
 def label(key: str) -> str:
-    if key.startswith("full_student_robust_T"):
-        return f"chapter 04's full student at T = {key.removeprefix('full_student_robust_T')}, worst-case robust accuracy"
+    if key.startswith(STUDENT_PREFIX):
+        return f"chapter 04's full student at T = {key.removeprefix(STUDENT_PREFIX)}, worst-case robust accuracy"
     return LABELS.get(key, key)
 
 
