@@ -115,3 +115,10 @@ def test_loaders_are_left_out_where_the_config_records_what_they_deliver():
     assert code_version_without(early) != code_version_of(early)
     assert closure_without(early, exclude=()) == import_closure(early), "the same reading of the sources"
     assert "atlib.core.keys" not in import_closure(train.train), "keys is outside the training closure"
+
+
+def test_closure_without_needs_a_target():
+    from atlib.core.keys import closure_without
+
+    with pytest.raises(ValueError, match="needs at least one function or module"):
+        closure_without()

@@ -346,3 +346,23 @@ def test_square_flags_a_gradient_masking_model_only(std_digits_mlp, digits, mask
     assert check["passed"] == (not masked), check["detail"]
     if masked:  # the gradient attacks are fooled into near-clean accuracy, Square is not
         assert check["gradient_acc"] > check["square_acc"] + 0.2
+
+
+# ------------------------------------------------------------------- the verdict needs paired seeds
+def _fake_grid(seeds_by_arm: dict[str, tuple[int, ...]], seeds=(0, 1, 2)) -> dr.Grid:
+    """A grid of stand-in students (no model): robust masks only, every arm at one T."""
+    def run(a, s):
+        mask = torch.tensor([True, s % 2 == 0, False, a == "full"])
+        return dr.StudentRun(a, None if a == "hard_labels" else 4.0, 1.0, s, None, [], {"robust": mask}, [], 0.0, True)
+
+    students = [run(a, s) for a in dt.ABLATIONS for s in seeds_by_arm.get(a, seeds)]
+    return dr.Grid(students, [run("pgd_at", s) for s in seeds], {}, {}, (4.0,), tuple(seeds), 4, 0.0)
+
+
+def test_verdict_refuses_unpaired_seeds():
+    from atlib.studies.distillation import views
+
+    v = views.claim3(_fake_grid({}))["by_T"]["4"]  # paired: the rule runs
+    assert v["claim3"] in ("supported", "not supported", "inconclusive") and v["D"]["n"] == 3
+    with pytest.raises(ValueError, match="T=4: the arms do not share the same seeds"):
+        views.claim3(_fake_grid({"class_permuted_nonmax": (0, 2)}))
