@@ -227,6 +227,24 @@ def test_shared_kernel_gives_each_chapter_a_fresh_namespace(tmp_path):
     assert counts == list(range(1, len(counts) + 1)), "each chapter's execution count starts at 1"
 
 
+@pytest.mark.slow  # executes chapters in a Jupyter kernel
+def test_restarting_the_execution_count_prints_no_history_clash(tmp_path):
+    """Each chapter restarts the count at 1 in the shared kernel; with IPython's history database the second
+    chapter's lines clashed with the first's ("Session/line number was not unique in database": the history
+    moves to a new session), a line IPython printed into the published chapters' outputs. The book kernel keeps
+    no history database."""
+    a, b, out, session = tmp_path / "01_a.py", tmp_path / "02_b.py", tmp_path / "out", tmp_path / "session"
+    head = "# %% tags=['parameters']\nprofile = 'smoke'\n\n# %%\nx = 1\n\n# %%\nhm = get_ipython().history_manager\n"
+    a.write_text(head + f"hm.writeout_cache()  # what IPython's saving thread does\nopen({str(session)!r}, 'w')"
+                        ".write(str(hm.session_number))\n")
+    b.write_text(head + f"hm.writeout_cache()\nassert hm.session_number == int(open({str(session)!r}).read()), "
+                        "'the history moved to a new session'\n")
+    with book.shared_kernel(out) as km:
+        done = [book.execute_chapter(f, out, {"profile": "smoke"}, km) for f in (a, b)]
+    outputs = [json.dumps(c.get("outputs", [])) for nb in done for c in json.loads(nb.read_text())["cells"]]
+    assert [o for o in outputs if "not unique" in o] == []
+
+
 def test_bad_workers_fail_before_the_output_folder_is_touched(tmp_path, monkeypatch):
     out = tmp_path / "out"
     (out / "results").mkdir(parents=True)

@@ -103,12 +103,16 @@ KERNEL_SETUP = "import pandas; pandas.set_option('display.max_colwidth', None)" 
 
 def _kernel_dir(work: Path) -> str:
     """A kernelspec running *this* interpreter, so the chapters see the same environment as the runner; its
-    one setup line (``KERNEL_SETUP``) keeps pandas from cutting table cells at 50 characters in the book."""
+    one setup line (``KERNEL_SETUP``) keeps pandas from cutting table cells at 50 characters in the book. Its
+    IPython keeps no history database: each chapter restarts the execution count at 1 in the shared kernel, and
+    the database's (session, line) key then clashes ("Session/line number was not unique in database"), a line
+    that IPython printed into whichever cell's output was running."""
     spec = work / "kernels" / "kernels" / "atbook"
     spec.mkdir(parents=True, exist_ok=True)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 f"--IPKernelApp.exec_lines={KERNEL_SETUP}"],
+                 f"--IPKernelApp.exec_lines={KERNEL_SETUP}",
+                 "--HistoryManager.enabled=False"],  # no history database: a chapter restarts the execution count
         "env": {"ATBOOK_BUILD": "1"},  # the book build: prose.glue echoes nothing into the outputs
         "display_name": "atbook (Python 3)", "language": "python"}))
     return str(work / "kernels")
