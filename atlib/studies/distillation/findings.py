@@ -34,12 +34,17 @@ def glue_prose(ctx: Context) -> None:
                         "few_steps": s.few_steps, "many_steps": s.many_steps, "chance_eps": f"{s.sweep_eps[-1]:g}",
                         "t_df": n - 1, "student_width": _width(s.student_width or ctx.profile.width),
                         "teacher_width": _width(ctx.profile.width), "student_epochs": s.epochs,
-                        "teacher_epochs": ctx.profile.epochs, "t_n": f"{t_factor(n):.2f}" if n > 1 else "undefined (one seed)",
-                        "t_adj": f"{t_factor(n, bonf):.2f}" if n > 1 else "undefined (one seed)", "bonf_level": f"{100 * bonf:.1f}%", "ceiling_fraction": f"{rules.CEILING_FRACTION:g}",
+                        "teacher_epochs": ctx.profile.epochs, "t_n": _t_text(n), "t_adj": _t_text(n, bonf),
+                        "bonf_level": f"{100 * bonf:.1f}%", "ceiling_fraction": f"{rules.CEILING_FRACTION:g}",
                         "apgd_steps": s.apgd_steps, "square_queries": s.square_queries,
                         "square_subset": s.square_subset, "square_arms": ", ".join(f"`{a}`" for a in rules.SQUARE_ARMS),
                         "n_student_seeds": n, "student_criterion": f"{100 * STUDENT_CRITERION:g}"}.items():
         glue(name, value)
+
+
+def _t_text(n: int, level: float | None = None) -> str:
+    """The Student-t factor over ``n`` seeds at ``level`` (default: the book's), as the prose quotes it."""
+    return f"{t_factor(n, level):.2f}" if n > 1 else "undefined (one seed)"
 
 
 def _width(w: int | None) -> int | str:
