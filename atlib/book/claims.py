@@ -15,7 +15,7 @@ from typing import Any
 
 from atlib.studies.verdict import LEDGER as VERDICTS, Verdict
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN = VERDICTS  # the ledger's four verdicts
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN, INVALID = VERDICTS  # the ledger's verdicts
 
 
 @dataclass(frozen=True)

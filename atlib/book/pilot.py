@@ -5,7 +5,9 @@ standard models at the profile's schedule and at twice its epochs (the matched m
 and compares seed means. The profile **converges** when doubling moves the standard and the matched models'
 clean accuracy (whole test set) by less than 1 pp and the main AT model's robust accuracy (the evaluation subset,
 PGD with the CE and with the margin loss) by less than 2 pp, and doubling chapter 04's student epochs moves the
-``full`` students' worst-case robust accuracy (at each distillation T, every seed) by less than 2 pp. The schedule-E models are the book's own (same cache
+``full`` students' worst-case robust accuracy (at each distillation T, every seed) by less than 2 pp, and no model
+fails a validity gate (:mod:`atlib.studies.validity`: a collapsed model is never "converged", whatever its
+deltas: a constant predictor's accuracy does not move when its epochs double). The schedule-E models are the book's own (same cache
 keys), so a pilot run first leaves the book warm. The result goes to ``results/<profile>/pilot_convergence.json``,
 which chapter 02 quotes; the book never re-runs the pilot.
 """
@@ -25,7 +27,9 @@ from atlib.studies.confidence import matched as mc
 from atlib.studies.distillation import runs as dr
 from atlib.studies.profiles import ModelSpec, Profile, get_profile
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies import validity
 from atlib.studies.shrinkage.convergence import criteria, schedule, student_key
+from atlib.studies.shrinkage.rules import GATES, model_gates
 from atlib.training import train
 
 FILENAME = "pilot_convergence.json"
@@ -39,23 +43,28 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
 
-def _main_models(ctx: cx.Context, progress: bool) -> dict[str, dict[str, list[float]]]:
-    """Per measure, per seed: clean accuracy (whole test set) of the standard and AT models, robust of AT."""
+def _main_models(ctx: cx.Context, progress: bool) -> tuple[dict[str, list[float]], list[validity.Gate]]:
+    """Per measure, per seed: clean accuracy (whole test set) of the standard and AT models, robust of AT; and
+    the validity gates of these models (chapter 02's: learned, and the AT models robust)."""
     p, (x, y) = ctx.profile, (ctx.data.test_x, ctx.data.test_y.cpu())
-    runs = ex.training_runs(ctx, (ModelSpec("standard"), p.main_at), progress=progress)
-    std = [r for r in runs if r.spec.kind == "standard"]
+    standard = ModelSpec("standard")
+    runs = ex.training_runs(ctx, (standard, p.main_at), progress=progress)
+    std = [r for r in runs if r.spec == standard]
     at = [r for r in runs if r.spec == p.main_at]
+    gates = model_gates(runs, (standard, p.main_at), p.main_at)
     return {"standard_clean": [stats.accuracy(train.predict(r.model, x), y) for r in std],
             "at_clean": [stats.accuracy(train.predict(r.model, x), y) for r in at],
             "at_robust_linf_ce": [r.acc("linf_ce") for r in at],
-            "at_robust_linf_margin": [r.acc("linf_margin") for r in at]}
+            "at_robust_linf_margin": [r.acc("linf_margin") for r in at]}, gates
 
 
-def _matched(ctx: cx.Context, n: int, progress: bool) -> list[float]:
-    """Clean accuracy (whole test set) of the matched model of every seed at ``n`` images."""
+def _matched(ctx: cx.Context, n: int, progress: bool) -> tuple[list[float], list[validity.Gate]]:
+    """Clean accuracy (whole test set) of the matched model of every seed at ``n`` images, and its learned-gates."""
     cx.fill(ctx, [(mc.matched_model, (n, s)) for s in ctx.profile.seeds], f"matched control, n = {n}", progress)
     x, y = ctx.data.test_x, ctx.data.test_y.cpu()
-    return [stats.accuracy(train.predict(mc.matched_model(ctx, n, s), x), y) for s in ctx.profile.seeds]
+    z = {s: train.predict(mc.matched_model(ctx, n, s), x) for s in ctx.profile.seeds}
+    gates = [validity.learned(f"matched_n{n}_s{s}", z[s], y, GATES.learned_margin) for s in z]
+    return [stats.accuracy(z[s], y) for s in z], gates
 
 
 def _students(ctx: cx.Context, progress: bool) -> dict[str, list[float]]:
@@ -72,10 +81,13 @@ def convergence(ctx: cx.Context, progress: bool = True) -> dict[str, Any]:
     t0, commit, date = time.perf_counter(), git_commit(), time.strftime("%Y-%m-%d %H:%M")  # the code it starts with
     p = ctx.profile
     ctx2 = replace(ctx, profile=replace(p, epochs=2 * p.epochs))
-    base, doubled = _main_models(ctx, progress), _main_models(ctx2, progress)
+    (base, gates), (doubled, gates2) = _main_models(ctx, progress), _main_models(ctx2, progress)
     at = ex.training_runs(ctx, (p.main_at,), progress=progress)
     cal = mc.calibrate(ctx, [r.model for r in at], p.confidence, ctx.data_root, progress)
-    base["matched_clean"], doubled["matched_clean"] = _matched(ctx, cal.n, progress), _matched(ctx2, cal.n, progress)
+    (base["matched_clean"], g), (doubled["matched_clean"], g2) = _matched(ctx, cal.n, progress), \
+        _matched(ctx2, cal.n, progress)
+    collapsed = validity.failed([*gates, *g]) + [replace(x, name=f"{x.name} (doubled epochs)")
+                                                 for x in validity.failed([*gates2, *g2])]
     ctx3 = replace(ctx, profile=replace(p, distill=replace(p.distill, epochs=2 * p.distill.epochs)))
     base |= _students(ctx, progress)
     doubled |= _students(ctx3, progress)
@@ -87,7 +99,8 @@ def convergence(ctx: cx.Context, progress: bool = True) -> dict[str, Any]:
             "seeds": list(p.seeds), "matched_n": cal.n, "matched_epochs": cal.epochs,
             "matched_doubled_epochs": mc.matched_profile(ctx2.profile, len(ctx.data.train_y), cal.n).epochs,
             "per_seed": {"schedule": base, "doubled": doubled}, "deltas": deltas, "criteria": rule,
-            "criterion_met": ok, "converged": all(ok.values()), "wall_s": round(time.perf_counter() - t0, 1)}
+            "criterion_met": ok, "failed_gates": [x.as_dict() for x in collapsed],
+            "converged": all(ok.values()) and not collapsed, "wall_s": round(time.perf_counter() - t0, 1)}
 
 
 def write(record: dict[str, Any], path: str | Path) -> Path:
@@ -106,6 +119,8 @@ def run_pilot(profile: str | Profile, out: str | None = None, cache_dir: str | N
     rec = convergence(ctx)
     path = write(rec, out or default_path(p))
     verdict = "converged" if rec["converged"] else "NOT converged"
+    if rec["failed_gates"]:
+        verdict += " (failed validity gates: " + "; ".join(f"{g['name']} ({g['reason']})" for g in rec["failed_gates"]) + ")"
     print(f"{p.name}: {verdict} (doubling the epochs moves: " +
           ", ".join(f"{k} {100 * v:+.2f} pp" for k, v in rec["deltas"].items()) + f"); {rec['wall_s']} s")
     return path

@@ -72,6 +72,7 @@ class Profile:
     l2_eps: float
     train_steps: int
     eval_steps: int
+    eps_fadein_epochs: int = 0  # AT: ε and its PGD step ramp linearly from 0 over these first epochs (0: none)
     meant_for: str = "cpu"
     side_seeds: int | None = None  # the first N seeds train all but the main models, matched controls and students (None: all)
     pool_jobs: bool = True  # CPU: train independent models in worker processes (atlib.training.pool); off where jobs take ~1 s
@@ -100,6 +101,8 @@ class Profile:
                              f"L∞ ε (linf_eps={self.linf_eps})")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds!r}: need at least one seed, each once")
+        if not 0 <= self.eps_fadein_epochs <= self.epochs:
+            raise ValueError(f"eps_fadein_epochs={self.eps_fadein_epochs!r}: between 0 and epochs={self.epochs}")
         if self.side_seeds is not None and not 1 <= self.side_seeds <= len(self.seeds):
             raise ValueError(f"side_seeds={self.side_seeds!r}: between 1 and len(seeds)={len(self.seeds)}, or \"none\"")
 
@@ -134,7 +137,8 @@ class Profile:
         if spec.kind == "at":
             attack = AttackConfig.madry(spec.norm or "linf", spec.eps, self.train_steps, keep_best=False)
         return TrainConfig(self.epochs, self.batch_size, self.lr, weight_decay=self.weight_decay,
-                           augment=self.augment, attack=attack)
+                           augment=self.augment, attack=attack,
+                           eps_fadein_epochs=self.eps_fadein_epochs if attack is not None else 0)
 
     def eval_attacks(self) -> dict[str, AttackConfig]:
         """PGD with CE and margin losses under both threat models, random start, step size decayed from
@@ -162,6 +166,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             dataset="digits", arch="mlp", width=64, train_subset=None, eval_subset=None, seeds=(0, 1, 2, 3), side_seeds=2,
             epochs=20, batch_size=64, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=0.5, train_steps=5, eval_steps=20,
+            eps_fadein_epochs=0,
             pool_jobs=False,  # each job ~1 s, a worker's start ~4 s: measured slower pooled
             theory=TheorySettings(
                 linear=LinearSettings(n_train=1000, epochs=8, batch_size=200, lr=0.2, weight_decay=5e-4,
@@ -181,6 +186,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             epochs=24,  # converged: results/fashion/pilot_convergence.json (python -m atlib pilot convergence)
             batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=1.0, train_steps=5, eval_steps=20,
+            eps_fadein_epochs=0,  # no collapse at ε = 0.1: the convergence pilot's AT models pass the validity gates
             theory=TheorySettings(
                 linear=LinearSettings(n_train=2000, epochs=6, batch_size=200, lr=0.05, weight_decay=5e-4,
                                       eps_sweep=(0.0, 0.05, 0.1, 0.15, 0.2), pgd_steps=5),
@@ -196,6 +202,10 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             side_seeds=3,  # 5000 training images held out to select chapter 03's matched control
             epochs=10, batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.3, linf_sweep=(0.0, 0.15, 0.3), l2_eps=2.0, train_steps=10, eval_steps=40,
+            # ε = 0.3 from the first step collapses small CNNs to a constant; a linear ε fade-in (MadryLab robustness'
+            # eps_fadein_epochs) over the first 3 of 10 epochs: a reconstruction, the length that cured the same
+            # collapse on Fashion-MNIST at ε = 0.3 (README, "Validity gates"); not measured on MNIST here
+            eps_fadein_epochs=3,
             theory=TheorySettings(
                 linear=LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.05, weight_decay=5e-4,
                                       eps_sweep=(0.0, 0.05, 0.1, 0.2, 0.3), pgd_steps=10),
@@ -209,6 +219,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             seeds=(0, 1, 2, 3, 4, 5), side_seeds=3,  # 5000 training images held out to select the matched control
             epochs=30, batch_size=128, lr=0.1, weight_decay=5e-4, augment=True,
             linf_eps=8 / 255, linf_sweep=(0.0, 4 / 255, 8 / 255), l2_eps=0.5, train_steps=10, eval_steps=20,
+            eps_fadein_epochs=0,  # PGD-AT at 8/255 trains from full ε (Madry et al. 2018; Rice et al. 2020)
             meant_for="gpu", fast=True,
             theory=TheorySettings(
                 linear=LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.02, weight_decay=5e-4,

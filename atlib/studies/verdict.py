@@ -19,6 +19,9 @@ class Verdict(StrEnum):
     CONTRADICTED = "contradicted"  # the data go against the claim (chapter 04's B and C)
     UNDECIDED = "undecided"  # too few replicates for an interval
     NOT_SEPARATED = "not separated from accuracy"  # chapter 03: (a) holds, the accuracy control does not separate
+    INVALID = "invalid"  # a model the rule reads failed a validity gate (atlib.studies.validity): nothing is read
 
 
-LEDGER = (Verdict.SUPPORTED, Verdict.NOT_SUPPORTED, Verdict.INCONCLUSIVE, Verdict.NOT_RUN)
+
+
+LEDGER = (Verdict.SUPPORTED, Verdict.NOT_SUPPORTED, Verdict.INCONCLUSIVE, Verdict.NOT_RUN, Verdict.INVALID)

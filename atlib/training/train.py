@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atlib.core import stats
-from atlib.core.attacks import AttackConfig, Shard, make_attack
+from atlib.core.attacks import PGD, AttackConfig, Shard, make_attack
 from atlib.core.data import augment
 from atlib.training import checkpoint as ckpt, distributed as ddp
 
@@ -44,10 +44,14 @@ class TrainConfig:
     logit_squeeze: float = 0.0  # λ of a λ·mean‖z‖² penalty on the logits (Shafahi et al.'s logit squeezing)
     loss_temperature: float = 1.0  # CE on z / T: T < 1 trains the raw logits to be smaller
     warmup_frac: float = 0.2  # one-cycle: linear 0 → lr over this fraction of steps, then linear → 0
+    eps_fadein_epochs: int = 0  # AT: ε and the PGD step ramp linearly from 0 to the target over these epochs
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not (self.lr > 0):
             raise ValueError(f"bad training config: epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}")
+        if int(self.eps_fadein_epochs) != self.eps_fadein_epochs or not 0 <= self.eps_fadein_epochs <= self.epochs:
+            raise ValueError(f"bad eps_fadein_epochs={self.eps_fadein_epochs!r}: a whole number of epochs in "
+                             f"[0, epochs={self.epochs}]")
         if self.logit_squeeze < 0 or not (self.loss_temperature > 0) or not (0 <= self.label_smoothing < 1):
             raise ValueError(f"bad regulariser: logit_squeeze={self.logit_squeeze}, loss_temperature="
                              f"{self.loss_temperature}, label_smoothing={self.label_smoothing}")
@@ -55,6 +59,13 @@ class TrainConfig:
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; nothing from this run is cached."""
+
+
+def eps_ramp(step: int, ramp_steps: int) -> float:
+    """AT's ε multiplier at optimiser step ``step`` (0-based): linear from 1/ramp_steps up to 1 over the first
+    ``ramp_steps`` steps, then 1 (no ramp when ``ramp_steps`` is 0). Large-ε AT that starts at full ε can fall
+    into the constant predictor before the model has learned any feature; the ramp lets it learn first."""
+    return 1.0 if step >= ramp_steps else (step + 1) / ramp_steps
 
 
 def one_cycle(step: int, total: int, warmup_frac: float) -> float:
@@ -96,7 +107,7 @@ class _Run:
     sched: torch.optim.lr_scheduler.LambdaLR
     shuffle_gen: torch.Generator
     attack_gen: torch.Generator
-    attack: Callable | None
+    attack: PGD | None
     fast: bool
     rank: int
     world: int
@@ -146,12 +157,22 @@ def _resume(run: _Run, model: nn.Module, state: dict) -> tuple[int, list[dict]]:
     return state["epoch"], state["history"]
 
 
+def _attack_now(run: _Run) -> Callable | None:
+    """The training attack for the next optimiser step: the configured one, or under the ε warm-up a copy with
+    ε and step size scaled by :func:`eps_ramp` (the same random-start draws, so the ramp changes nothing else)."""
+    f = eps_ramp(run.sched.last_epoch, run.cfg.eps_fadein_epochs * run.steps_per_epoch)
+    if run.attack is None or f == 1.0:
+        return run.attack
+    a = run.cfg.attack
+    return make_attack(run.attack.model, replace(a, eps=a.eps * f, step_size=a.step_size * f))
+
+
 def _batch_loss(run: _Run, xb: Tensor, yb: Tensor, part: Shard | None) -> tuple[Tensor, Tensor]:
     """(logits, loss) of one batch: PGD examples under AT, then the regularised CE."""
     cfg = run.cfg
     with _bf16() if run.fast else contextlib.nullcontext():
-        if run.attack is not None:
-            xb = run.attack(xb, yb, run.attack_gen, part)  # the attack runs per rank, on its shard only
+        if (attack := _attack_now(run)) is not None:
+            xb = attack(xb, yb, run.attack_gen, part)  # the attack runs per rank, on its shard only
         logits = run.net(xb)
         loss = F.cross_entropy(logits / cfg.loss_temperature, yb, label_smoothing=cfg.label_smoothing)
         if cfg.logit_squeeze:

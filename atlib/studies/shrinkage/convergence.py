@@ -82,9 +82,13 @@ def convergence_text(rec: dict[str, Any] | None, p: Profile) -> str:
             f"{s['doubled_epochs']} (the matched control at n = {rec['matched_n']}: {rec['matched_epochs']} and "
             f"{rec['matched_doubled_epochs']} epochs; chapter 04's full students at {s['student_epochs']} and "
             f"{2 * s['student_epochs']} epochs). Doubling moves the seed means by:")
+    bad = rec.get("failed_gates", [])
+    gates = [f"- **failed validity gate** {g['name']}: {g['reason']}" for g in bad]
     tail = ("The schedule **converges** by the pilot's criterion." if rec["converged"] else
-            "The schedule does **not** converge by the pilot's criterion: these models are not trained to convergence.")
-    return "\n".join([head, *rows, "", tail])
+            "The schedule does **not** converge by the pilot's criterion: these models are not trained to convergence"
+            + (" (a model that failed a validity gate, e.g. one collapsed to a constant, never counts as converged)."
+               if bad else "."))
+    return "\n".join([head, *rows, *gates, "", tail])
 
 
 def convergence_section(rec: dict[str, Any] | None, p: Profile) -> dict[str, Any]:
@@ -94,4 +98,4 @@ def convergence_section(rec: dict[str, Any] | None, p: Profile) -> dict[str, Any
     return {"schedule": schedule(p), "recorded": True, "applies": not stale_fields(rec, p),
             "commit": rec["commit"], "date": rec["date"], "doubled_epochs": rec["schedule"]["doubled_epochs"],
             "deltas": rec["deltas"], "criteria": rec["criteria"], "converged": rec["converged"],
-            "matched_n": rec["matched_n"]}
+            "matched_n": rec["matched_n"], "failed_gates": rec.get("failed_gates", [])}
