@@ -89,6 +89,21 @@ def _error_with_details(capsys) -> tuple[str, list[str]]:
     return first, details
 
 
+# ---------------------------------------------------------------- profile values
+
+@pytest.mark.parametrize("line, fragment", [("linf_sweep = [0, 7.0]", "linf_sweep = [0.0, 7.0]: need"),
+                                            ("l2_eps = 1000", "l2_eps = 1000.0: an L2 ε must be > 0 and at most"),
+                                            ("lr = inf", "lr = inf: the learning rate must be finite"),
+                                            ("linf_eps = 1.5", "linf_eps = 1.5: the main L∞ ε must lie in (0, 1]")])
+def test_out_of_range_profile_values_are_one_error_line(tmp_path, capsys, line, fragment):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'extends = "smoke"\n{line}\n')
+    out = tmp_path / "out"
+    assert cli.main(["book", "--profile", str(bad), "--out", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert fragment in err and str(bad) in err and not out.exists()
+
+
 # ---------------------------------------------------------------- --data-root
 
 def test_missing_data_root_fails_before_anything_is_trained(monkeypatch, capsys, tmp_path):

@@ -5,6 +5,7 @@ available, so every one of these is a reconstruction, and the book says so.
 """
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, replace
@@ -90,11 +91,8 @@ class Profile:
                   "eval_subset": self.eval_subset or 1}
         if bad := {k: v for k, v in counts.items() if v < 1}:
             raise ValueError(f"{bad}: each must be a whole number >= 1" + " (or \"none\": all)" * ("subset" in str(bad)))
-        if not (self.lr > 0 and self.weight_decay >= 0 and self.linf_eps > 0 and self.l2_eps > 0
-                and min(self.linf_sweep, default=-1) >= 0):
-            raise ValueError(f"need lr > 0, weight_decay >= 0, linf_eps > 0, l2_eps > 0 and a non-empty linf_sweep "
-                             f"of ε >= 0 (got lr={self.lr}, weight_decay={self.weight_decay}, linf_eps={self.linf_eps}, "
-                             f"l2_eps={self.l2_eps}, linf_sweep={self.linf_sweep})")
+        if bad := self._bad_values():
+            raise ValueError("; ".join(bad))
         if self.distill.sweep_eps[0] <= self.linf_eps:
             raise ValueError(f"distill.sweep_eps={self.distill.sweep_eps} must start above the profile's "
                              f"L∞ ε (linf_eps={self.linf_eps})")
@@ -102,6 +100,22 @@ class Profile:
             raise ValueError(f"seeds={self.seeds!r}: need at least one seed, each once")
         if self.side_seeds is not None and not 1 <= self.side_seeds <= len(self.seeds):
             raise ValueError(f"side_seeds={self.side_seeds!r}: between 1 and len(seeds)={len(self.seeds)}, or \"none\"")
+
+    def _bad_values(self) -> list[str]:
+        """What is wrong with the schedule's and the threat models' numbers, one entry per key (TOML spelling).
+        Images are in [0, 1]: an L∞ ε lies in [0, 1] and an L2 ε is at most the images' diameter (the registry's
+        sqrt(C·H·W), black to white); beyond either every image is reachable."""
+        shape, diameter, sweep = DATASETS[self.dataset].shape, DATASETS[self.dataset].diameter, self.linf_sweep
+        checks = (("lr", self.lr, 0 < self.lr < math.inf, "the learning rate must be finite and > 0"),
+                  ("weight_decay", self.weight_decay, 0 <= self.weight_decay < math.inf, "must be finite and >= 0"),
+                  ("linf_eps", self.linf_eps, 0 < self.linf_eps <= 1,
+                   "the main L∞ ε must lie in (0, 1]: the images' pixels are in [0, 1]"),
+                  ("linf_sweep", list(sweep), bool(sweep) and all(0 <= e <= 1 for e in sweep),
+                   "need at least one L∞ ε, each in [0, 1] (the images' pixels are in [0, 1]; 0 is the standard model)"),
+                  ("l2_eps", self.l2_eps, 0 < self.l2_eps <= diameter,
+                   f"an L2 ε must be > 0 and at most the diameter of the {self.dataset} images, sqrt(C·H·W) = "
+                   f"sqrt({'·'.join(map(str, shape))}) = {diameter:.4g} (black to white)"))
+        return [f"{key} = {value}: {why}" for key, value, ok, why in checks if not ok]
 
     def with_seeds(self, seeds: tuple[int, ...] | list[int]) -> "Profile":
         """This profile with other seeds (``side_seeds`` capped at their number)."""
