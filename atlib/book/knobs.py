@@ -88,7 +88,7 @@ def rule_section(study: str, rule: Rule) -> list[str]:
     return [f"### {rule.TITLE}", "",
             f"Chapter {{doc}}`{rule.CHAPTER[:2]} <{rule.CHAPTER}>`; `atlib/studies/{study}/rules.py`.{ledger}{gates}", "",
             "| constant | value | what it means |", "| --- | --- | --- |", *rows, "",
-            "```{dropdown} The rule, as the chapter states it", rule.text(), "```", ""]
+            "```{admonition} The rule, as the chapter states it", ":class: dropdown", "", rule.text(), "```", ""]
 
 
 def knob_sheet(p: Profile) -> str:
