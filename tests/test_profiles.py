@@ -118,7 +118,8 @@ def test_config_errors_are_value_errors_with_types_in_words():
         from_table(LinearSettings, {"n_train": 1, "epochs": 1, "batch_size": 1, "lr": 0.1, "weight_decay": 0.0,
                                     "eps_sweep": [0.0, "x"], "pgd_steps": 1})
     assert from_table(LinearSettings, {"n_train": 1, "epochs": 1, "batch_size": 1, "lr": 1, "weight_decay": 0,
-                                       "eps_sweep": [0, 0.1], "pgd_steps": 1}).lr == 1.0  # ints widen to float
+                                       "eps_sweep": [0, 0.1], "pgd_steps": 1, "check_n": 10, "check_steps": 2,
+                                       "bound_steps": 2}).lr == 1.0  # ints widen to float
 
 
 def test_cli_rejects_a_bad_profile_file_before_anything_runs(tmp_path, capsys):

@@ -2,10 +2,10 @@
 
 For every seed it trains (or loads) chapter 02's standard and main AT models and chapter 03's accuracy-matched
 standard models at the profile's schedule and at twice its epochs (the matched models: twice their SGD steps),
-and compares seed means. The profile **converges** when doubling moves the standard and the matched models'
-clean accuracy (whole test set) by less than 1 pp and the main AT model's robust accuracy (the evaluation subset,
-PGD with the CE and with the margin loss) by less than 2 pp, and doubling chapter 04's student epochs moves the
-``full`` students' worst-case robust accuracy (at each distillation T, every seed) by less than 2 pp. The schedule-E models are the book's own (same cache
+and compares seed means. The profile **converges** when doubling moves each seed mean by less than its limit in
+chapter 02's rule object (``atlib.studies.shrinkage.rules.RULE``: the standard and matched models' clean accuracy,
+the main AT model's robust accuracy under PGD-CE and PGD-margin, and, with chapter 04's student epochs doubled, the
+full students' worst-case robust accuracy at each distillation T). The schedule's models are the book's own (same cache
 keys), so a pilot run first leaves the book warm. The result goes to ``results/<profile>/pilot_convergence.json``,
 which chapter 02 quotes; the book never re-runs the pilot.
 """
@@ -23,7 +23,8 @@ from atlib.core import stats
 from atlib.studies import context as cx
 from atlib.studies.confidence import matched as mc
 from atlib.studies.distillation import runs as dr
-from atlib.studies.profiles import ModelSpec, Profile, get_profile
+from atlib.studies.profiles import Profile, get_profile
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as ex
 from atlib.studies.shrinkage.convergence import criteria, schedule, student_key
 from atlib.training import train
