@@ -88,25 +88,17 @@ data_root = None  # folder with the dataset files (default: $ATLIB_DATA, system 
 device = None  # "cpu", "cuda", ... (default: CUDA when present)
 
 # %%
-import pandas as pd
-import torch
 from IPython.display import Markdown, display
 
-from atlib.core import plots, stats
-from atlib.studies import context as cx, prose
-from atlib.studies.shrinkage import runs as ex, views as report
-from atlib.studies.theory import controls as C, runs as theory, views as V
+from atlib.core import plots
+from atlib.studies import context as cx, prose, shrinkage, theory as study
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 P = ctx.profile
 G, L, D = P.theory.gaussian, P.theory.linear, P.theory.deep
-GAUSS_TOL = 0.1  # section 2's rule: trained and predicted scale agree within this relative error
-CALIB_TOL = 0.15  # section 7: a control is matched to AT if its calibration gap is within this of AT's
 prose.glue_setting(ctx)  # the numbers the prose below quotes
-for name, value in {"gauss_tol": f"{GAUSS_TOL:.0%}", "calib_tol": f"{CALIB_TOL:.0%}",
-                    "check_tol": f"{V.CHECK_TOL:.0e}".replace("e-0", "e-"), "bound_steps": V.BOUND_STEPS,
-                    "ctrl_enough": V.CONTROL_REPRODUCES, "ctrl_none": V.CONTROL_NONE}.items():
-    prose.glue(name, value)
+prose.glue_rule(study.rule)  # the chapter's rules and their tolerances (atlib/studies/theory/rules.py)
+prose.glue("bound_steps", L.bound_steps)
 prose.setting_table(ctx)
 
 # %% [markdown]
@@ -131,25 +123,20 @@ prose.setting_table(ctx)
 # $\varepsilon \to \|\mu\|$ too large a step oscillates instead of converging (a development run with a larger
 # learning rate missed $c^*$ near $\varepsilon = \|\mu\|$ badly this way).
 #
-# **Rule, fixed before the numbers:** the prediction holds at an $\varepsilon$ if the seed-mean trained
-# scale is within {glue:text}`gauss_tol` of $c^*(\varepsilon)$.
+# **Rule, fixed before the numbers:** {glue:md}`rule_gaussian:myst`
 
 # %%
-gauss = theory.gaussian_experiment(G, P.side_seed_list)
-gv = V.gaussian_verdict(gauss, rel_tol=GAUSS_TOL)
+gauss = study.runs.gaussian_experiment(G, P.side_seed_list)
+gv = study.views.gaussian_verdict(gauss)
 display(Markdown(f"Setting: $d={G.dim}$, $\\|\\mu\\|={G.mu_norm}$, $\\sigma={G.sigma}$, {G.n_train} training and "
                  f"{G.n_test} test points per seed, {G.steps} full-batch gradient-descent steps (momentum 0.9, "
                  f"lr {G.lr}), seeds {', '.join(map(str, P.side_seed_list))}; intervals are {prose.ci_label()} t-intervals over seeds."))
-fig = V.gaussian_figure(gauss)
+fig = study.views.gaussian_figure(gauss)
 _ = plots.save(fig, results_dir, "theory_gaussian")
-V.gaussian_frame(gauss)
+study.views.gaussian_frame(gauss)
 
 # %%
-held = [p for p in gv["per_eps"] if p["holds"]]
-display(Markdown(
-    f"The prediction holds at {len(held)} of {len(gv['per_eps'])} values of ε "
-    f"(largest relative error {max(p['rel_err'] for p in gv['per_eps']):.1%}, at ε="
-    f"{max(gv['per_eps'], key=lambda p: p['rel_err'])['eps']:.3g}); the trained scale {gv['trend']} with ε."))
+display(Markdown(study.views.gaussian_text(gv)))
 
 # %% [markdown]
 # ## 3. The closed form against PGD, on trained linear models
@@ -158,28 +145,22 @@ display(Markdown(
 # looking at their logits we check the algebra on their stored weights (the closed-form model trained
 # at the largest $\varepsilon$, the first seed, the first {glue:text}`check_n` evaluation images, float64):
 #
-# - the closed-form worst pairwise margin with the box must equal what atlib's sign-step PGD
-#   (margin loss on that pair, no random start, clamped to $[0,1]$) reaches, to {glue:text}`check_tol`;
+# - the closed-form worst pairwise margin with the box against what atlib's sign-step PGD (margin loss on
+#   that pair, no random start, clamped to $[0,1]$) reaches;
 # - in the binary case (the two most frequent classes, with their two rows of $W$) the shifted-logit
-#   CE must equal the PGD-CE-attacked loss (PGD-{glue:text}`bound_steps`, random start) to {glue:text}`check_tol`;
-# - in the multiclass case it must upper-bound it.
+#   CE against the PGD-CE-attacked loss (PGD-{glue:text}`bound_steps`, random start);
+# - in the multiclass case, whether the shifted-logit CE upper-bounds that loss.
+#
+# **Rule, fixed before the numbers:** {glue:md}`rule_checks:myst`
 #
 # The unit tests run the same checks on random models, for $L_2$ without the box as well, and a
 # mutation test re-runs them with the wrong dual norm ($L_2$ where $L_1$ is due) to show that they fail.
 
 # %%
-lin = theory.cached_linear_experiment(ctx, L)
-checks = V.linear_checks(lin, ctx.eval_x, ctx.eval_y, n=200)
+lin = study.runs.cached_linear_experiment(ctx, L)
+checks = study.views.linear_checks(lin, ctx.eval_x, ctx.eval_y, L)
 prose.glue("check_n", checks["n"])
-pd.DataFrame({"value": {
-    "ε (L∞, with box)": f"{checks['eps']:.3g}",
-    "max |closed form − PGD| of pairwise margins": f"{checks['closed_form_vs_pgd_max_abs_err']:.2e}",
-    "binary: max |shifted-logit CE − PGD CE|": f"{checks['binary_exact_max_abs_err']:.2e}",
-    "multiclass: max (PGD CE − bound), must be ≤ 0": f"{checks['multiclass_max_violation']:.3g}",
-    "multiclass: mean slack of the bound": f"{checks['multiclass_mean_slack']:.3g}",
-    "closed form matches PGD (≤ 1e-5)": str(checks["closed_form_matches_pgd"]),
-    "bound holds": str(checks["bound_holds"]),
-}})
+study.views.checks_frame(checks)
 
 # %% [markdown]
 # ## 4. Linear models on the dataset: an $\varepsilon$ sweep
@@ -192,42 +173,40 @@ pd.DataFrame({"value": {
 # the certified accuracy under $L_\infty$ with the box at the training $\varepsilon$, computed from the
 # closed form (for a linear model it is the true robust accuracy, no attack needed).
 #
-# **Rule, fixed before the numbers:** a statistic *shrinks* if the seed-paired difference
-# (largest $\varepsilon$ − $\varepsilon=0$) has a {glue:text}`ci` t-interval entirely below zero; we also report whether the
-# seed means fall monotonically across the sweep. The theory predicts shrinkage of the margin, gap,
+# **Rule, fixed before the numbers:** {glue:md}`rule_linear:myst` The theory predicts shrinkage of the margin, gap,
 # centred max logit and weight norm, and nothing for the raw max logit.
 
 # %%
 display(Markdown(f"{L.n_train} training images of {ctx.data.name}, {L.epochs} epochs, batch {L.batch_size}, lr "
                  f"{L.lr} (linear decay), weight decay {L.weight_decay}, PGD-AT with {L.pgd_steps} steps; "
                  f"{len(ctx.eval_y)} evaluation images; seeds {', '.join(map(str, P.side_seed_list))}."))
-fig = V.linear_figure(lin)
+fig = study.views.linear_figure(lin)
 _ = plots.save(fig, results_dir, "theory_linear_sweep")
 
 # %%
 display(Markdown("**Closed-form worst case**"))
-display(V.linear_frame(lin, "closed_form"))
+display(study.views.linear_frame(lin, "closed_form"))
 display(Markdown("**PGD-AT**"))
-V.linear_frame(lin, "pgd")
+study.views.linear_frame(lin, "pgd")
 
 # %%
-lv = V.linear_verdicts(lin)
-display(Markdown(V.verdict_text(lv, lin["eps"])))
+lv = study.views.linear_verdicts(lin)
+display(Markdown(study.views.verdict_text(lv, lin["eps"])))
 
 # %% [markdown]
 # ## 5. The logit distributions as $\varepsilon$ grows
 #
 # The rendered book shows every $\varepsilon$ of the sweep at once (closed-form models, seeds pooled,
-# shared bins per column). In a live JupyterLab session, `V.epsilon_slider(lin)` builds a slider that
+# shared bins per column). In a live JupyterLab session, `study.views.epsilon_slider(lin)` builds a slider that
 # redraws the same three histograms for one $\varepsilon$ at a time; the cell after the figure builds it,
 # and evaluating `slider` in a cell of your own displays it.
 
 # %%
-fig = V.slider_static(lin, "closed_form")
+fig = study.views.slider_static(lin, "closed_form")
 _ = plots.save(fig, results_dir, "theory_linear_histograms")
 
 # %%
-slider = V.epsilon_slider(lin, "closed_form")  # evaluate `slider` in a live session to use it
+slider = study.views.epsilon_slider(lin, "closed_form")  # evaluate `slider` in a live session to use it
 
 # %% [markdown]
 # ## 6. Deep networks, to first order
@@ -242,37 +221,25 @@ slider = V.epsilon_slider(lin, "closed_form")  # evaluate `slider` in a live ses
 # images. The first-order picture ignores the box and the curvature: it should *over*estimate the
 # radius where the margin bends down faster than linearly.
 #
-# **Rule, fixed before the numbers:** the first-order prediction *ranks samples well* if the lower end
-# of the {glue:text}`ci` t-interval over seeds of Spearman's $\rho$ is at least {glue:text}`flip_rho_min`, and is *calibrated* if
-# the seed-mean of the median ratio bisection / predicted lies in [{glue:text}`flip_lo`, {glue:text}`flip_hi`].
+# **Rule, fixed before the numbers:** {glue:md}`rule_flip:myst`
 
 # %%
-deep_runs = ex.training_runs(ctx, (P.model_specs()[0], P.main_at))  # chapter 02's models, trained once
-deep = {"standard": report.runs_of(deep_runs, P.model_specs()[0]), P.main_at.label: report.runs_of(deep_runs, P.main_at)}
-flips = {label: [C.flip_radius(ctx, r.spec, r.seed, D) for r in rs if r.seed in P.side_seed_list]
+deep_runs = shrinkage.runs.training_runs(ctx, (P.model_specs()[0], P.main_at))  # chapter 02's models, trained once
+deep = {"standard": shrinkage.runs.runs_of(deep_runs, P.model_specs()[0]),
+        P.main_at.label: shrinkage.runs.runs_of(deep_runs, P.main_at)}
+flips = {label: [study.controls.flip_radius(ctx, r.spec, r.seed, D) for r in rs if r.seed in P.side_seed_list]
          for label, rs in deep.items()}
-flip_sums = {label: [C.flip_summary(f) for f in fs] for label, fs in flips.items()}
-flip_v = {label: V.flip_verdict(ss) for label, ss in flip_sums.items()}
-_v = next(iter(flip_v.values()))
-for name, value in {"flip_rho_min": _v["rho_min"], "flip_lo": _v["ratio_band"][0], "flip_hi": _v["ratio_band"][1]}.items():
-    prose.glue(name, value)
+flip_sums = {label: [study.controls.flip_summary(f) for f in fs] for label, fs in flips.items()}
+flip_v = {label: study.rules.flip_verdict(ss) for label, ss in flip_sums.items()}
 display(Markdown(f"{D.n_flip} correctly classified images per model; PGD-{D.flip_steps} margin probes, "
                  f"{D.bisect_iters} bisection steps on [0, {D.eps_max}] (resolution "
                  f"{D.eps_max / 2 ** D.bisect_iters:.2g}); seeds {', '.join(map(str, P.side_seed_list))}."))
-fig = V.flip_figure(flips, D.eps_max)
+fig = study.views.flip_figure(flips, D.eps_max)
 _ = plots.save(fig, results_dir, "theory_flip_radius")
-V.flip_frame(flip_sums)
+study.views.flip_frame(flip_sums)
 
 # %%
-display(Markdown("\n".join(
-    f"- {label}: Spearman ρ {prose.fmt(stats.mean_ci([s['spearman'] for s in flip_sums[label]]))} → "
-    f"{'ranks samples **well**' if v['ranks_well'] else 'does **not** rank samples well'}; median ratio "
-    f"{v['median_ratio']['mean']:.3g} → {'**calibrated**' if v['calibrated'] else '**not calibrated**'}"
-    + (" — PGD needs a *larger* ε than predicted: the margin falls slower than linearly (or the box and the "
-       "10-step probe limit the attacker)" if v["median_ratio"]["mean"] > 1 else
-       " — PGD flips at a *smaller* ε than predicted: the margin bends down faster than its gradient at the "
-       "sample says (curvature; a locally flattened loss surface at the data)")
-    for label, v in flip_v.items())))
+display(Markdown(study.views.flip_text(flip_sums, flip_v, D.flip_steps)))
 
 # %% [markdown]
 # ## 7. Is shrinkage enough? Controls
@@ -289,56 +256,28 @@ display(Markdown("\n".join(
 # it if it is not within {glue:text}`calib_tol` of that target. Then the chosen strength is trained for every seed and
 # attacked with chapter 02's $L_\infty$ evaluation attacks (the $L_2$ attacks are left out for time).
 #
-# **Rule, fixed before the numbers:** per seed, the fraction of the robustness gap closed is
-# (control − standard) / (AT − standard) of the accuracy under *both* attacks (a sample counts only if
-# PGD-CE and PGD-margin both fail). A control *reproduces* AT's robustness if that fraction's seed mean
-# is ≥ {glue:text}`ctrl_enough` and its interval's low end > {glue:text}`ctrl_none`; it gives *no* robustness if the
-# interval's high end is < {glue:text}`ctrl_none`; otherwise *partial*. If no control reproduces it, shrinkage is not a sufficient cause of
-# robustness here. Caveat: label smoothing and logit squeezing are known to mask gradients, and these are
-# PGD-{glue:text}`eval_steps` attacks only, so any gain is an upper bound on real robustness.
+# **Rule, fixed before the numbers:** {glue:md}`rule_controls:myst` Caveat: label smoothing and logit squeezing
+# are known to mask gradients, and these are PGD-{glue:text}`eval_steps` attacks only, so any gain is an upper bound on
+# real robustness.
 
 # %%
-xcal = ctx.data.train_x[:D.n_calib]
-at0, std0 = ex.model_run(ctx, P.main_at, P.seeds[0]), ex.model_run(ctx, P.model_specs()[0], P.seeds[0])
-target = float(stats.logit_gap(C.train.predict(at0.model, xcal)).mean())
-std_gap = float(stats.logit_gap(C.train.predict(std0.model, xcal)).mean())
-cal = C.calibrate(ctx, target, P.seeds[0], rel_tol=CALIB_TOL)
+target, std_gap = study.controls.calibration_target(ctx)
+cal = study.rules.judge_calibration(study.controls.calibrate(ctx, target, P.seeds[0]), target)
 display(Markdown(f"Target: mean clean logit gap {target:.3g} of {P.main_at.label} (seed {P.seeds[0]}) on the first "
                  f"{D.n_calib} training images; the standard model has {std_gap:.3g} there."))
-pd.DataFrame([{"control": C.KIND_LABELS[k], "strength": f"{s:g}", "mean clean gap (calibration images)": f"{g:.3g}",
-               "chosen": "← chosen" + ("" if c["matched"] else f" (NOT within {CALIB_TOL:.0%} of the target)")
-               if s == c["chosen"] else ""} for k, c in cal.items() for s, g in zip(c["grid"], c["calib_gap"])])
+study.views.calibration_frame(cal)
 
 # %%
-def _row(logits: dict, y: torch.Tensor) -> dict:
-    return stats.logit_summary(logits["clean"]) | C.robust_acc({k: logits[k] for k in ("clean", "linf_ce", "linf_margin")}, y)
-
-
-ctrl_rows = {"standard": [_row(r.logits, r.labels) for r in deep["standard"]],
-             P.main_at.label: [_row(r.logits, r.labels) for r in deep[P.main_at.label]]}
-for k, per_seed in C.control_evals(ctx, cal).items():
-    ctrl_rows[f"{C.KIND_LABELS[k]} = {cal[k]['chosen']:g}"] = [_row(logits, ctx.eval_y) for logits in per_seed]
-atk = C.linf_attacks(ctx)
+ctrl_rows = study.controls.control_rows(ctx, deep, cal)
+atk = study.controls.linf_attacks(ctx)
 display(Markdown(f"Clean logit statistics on the {len(ctx.eval_y)} evaluation images and accuracy under "
                  f"{atk['linf_ce'].label} and {atk['linf_margin'].label} (random start); mean ± {prose.ci_label()} t-interval "
                  f"over seeds {', '.join(map(str, P.side_seed_list))}."))
-V.controls_frame(ctrl_rows)
+study.views.controls_frame(ctrl_rows)
 
 # %%
-closed = {name: V.gap_closed(rows, ctrl_rows["standard"], ctrl_rows[P.main_at.label])
-          for name, rows in ctrl_rows.items() if name not in ("standard", P.main_at.label)}
-ctrl_verdicts = {name: V.control_verdict(iv) for name, iv in closed.items()}
-lines = [f"- {name}: fraction of the robustness gap closed {prose.fmt(iv)} → **{ctrl_verdicts[name]}**"
-         for name, iv in closed.items()]
-if any(v == "reproduces" for v in ctrl_verdicts.values()):
-    lines.append("\nAt least one control reproduces AT's robustness under these attacks: on this setting shrinkage "
-                 "may be part of the cause — or the control masks gradients; a stronger attack must decide.")
-else:
-    lines.append("\nNo control reproduces AT's robustness although each was matched to AT's logit gap: shrinking "
-                 "the logits is **not sufficient** for robustness here. That is what one expects if shrinkage is a "
-                 "*symptom* of AT (the finite optimal scale of the adversarial loss, section 1) rather than its "
-                 "cause; whether shrinkage is *necessary* for robustness is not tested here.")
-display(Markdown("\n".join(lines)))
+closed, ctrl_verdicts = study.rules.control_verdicts(ctrl_rows, "standard", P.main_at.label)
+display(Markdown(study.views.controls_text(closed, ctrl_verdicts)))
 
 # %% [markdown]
 # ## 8. What held and what did not
@@ -346,24 +285,8 @@ display(Markdown("\n".join(lines)))
 # The statements below are computed from this run.
 
 # %%
-lin_sum = {m: [{"eps": e} | {k: stats.mean_ci([r[k] for r in recs]).as_dict() for k in theory.STAT_NAMES}
-               for e, recs in zip(lin["eps"], lin[m])] for m in ("closed_form", "pgd")}
-held_lines = [
-    f"- Gaussian $L_2$: predicted optimal scale matched training within {GAUSS_TOL:.0%} at {len(held)}/{len(gv['per_eps'])} ε; "
-    f"trained scale {gv['trend']}.",
-    f"- Closed form vs PGD (L∞ with box): max error {checks['closed_form_vs_pgd_max_abs_err']:.1e}; binary exactness "
-    f"error {checks['binary_exact_max_abs_err']:.1e}; multiclass bound holds: {checks['bound_holds']}.",
-] + [f"- Linear, {V.METHODS[m]}: " + "; ".join(f"{V.LINEAR_STATS[k]} {r['trend']}" for k, r in lv[m].items())
-     for m in lv] + [
-    "- Deep nets: first-order flip radius ranks samples well — " + ", ".join(
-        f"{label}: {v['ranks_well']} (ρ {v['spearman']['mean']:.2f})" for label, v in flip_v.items()),
-    "- Controls: " + ", ".join(f"{n}: {v}" for n, v in ctrl_verdicts.items()),
-]
-display(Markdown("\n".join(held_lines)))
+display(Markdown(study.views.findings_text(gv, checks, lv, flip_v, ctrl_verdicts)))
 
-_ = cx.write_section(results_dir, "theory", V.summary_section(
-    ctx, gauss, gv, {**lin_sum, "verdicts": lv}, checks,
-    {label: {"per_seed": ss, **flip_v[label]} for label, ss in flip_sums.items()},
-    {"target_gap": target, "calibration": cal, "attacks": {k: a.label for k, a in atk.items()},
-     "rows": {name: {"per_seed": rows} for name, rows in ctrl_rows.items()},
-     "gap_closed": {n: iv.as_dict() for n, iv in closed.items()}, "verdicts": ctrl_verdicts}))
+_ = cx.write_section(results_dir, "theory", study.views.summary(
+    ctx, gauss, gv, lin, lv, checks, flip_sums, flip_v,
+    study.views.controls_record(target, cal, atk, ctrl_rows, closed, ctrl_verdicts)))

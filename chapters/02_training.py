@@ -51,12 +51,12 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 from IPython.display import Markdown, display
 
 from atlib.core import plots
-from atlib.studies import context as cx, prose
-from atlib.studies.shrinkage import convergence as conv, rules, runs as ex, views as report
+from atlib.studies import context as cx, prose, shrinkage as study
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 P = ctx.profile
 prose.glue_setting(ctx)  # the numbers the prose below quotes
+prose.glue_rule(study.rule)  # claim 1's rule and the convergence pilot's (atlib/studies/shrinkage/rules.py)
 prose.setting_table(ctx)
 
 # %% [markdown]
@@ -68,7 +68,7 @@ prose.setting_table(ctx)
 # ($\varepsilon=0$), L∞-AT at every $\varepsilon$ of the profile's sweep, and L2-AT at one $\varepsilon$.
 
 # %%
-runs = ex.training_runs(ctx)
+runs = study.runs.training_runs(ctx)
 print(f"{len(runs)} models ({sum(r.cached for r in runs)} loaded from the cache); "
       f"training them took {sum(r.train_seconds for r in runs):.0f} s in all on the machine that trained them")
 
@@ -81,7 +81,7 @@ print(f"{len(runs)} models ({sum(r.cached for r in runs)} loaded from the cache)
 # robust as the strongest attack says: read the lower of the CE and margin columns.
 
 # %%
-report.accuracy_table(ctx, runs)
+study.views.accuracy_table(ctx, runs)
 
 # %% [markdown]
 # ## Logit statistics on clean test inputs
@@ -90,19 +90,19 @@ report.accuracy_table(ctx, runs)
 # the samples each model classifies correctly.
 
 # %%
-report.logit_table(runs, "clean")
+study.views.logit_table(runs, "clean")
 
 # %% [markdown]
 # ### Does AT shrink the logits? The rule, then the numbers
 #
 # For each statistic we pair the standard and the main L∞-AT model trained with the same seed and
-# take the difference AT − standard per seed. The rule, fixed before looking: if the {glue:text}`ci` t-interval of
-# the paired difference lies entirely below zero, AT **shrinks** the statistic on this dataset; entirely
-# above zero, it **grows**; otherwise the data show no clear change.
+# take the difference AT − standard per seed. The rule, fixed before looking: {glue:md}`rule_statistic:myst`
+#
+# Claim 1 itself reads the mean logit gap and the mean max logit: {glue:md}`rule_claim:myst`
 
 # %%
-shrink = rules.paired_shrinkage(runs, P.model_specs()[0], P.main_at)
-display(Markdown(rules.shrinkage_text(shrink, "standard", P.main_at.label)))
+shrink = study.rules.paired_shrinkage(runs, P.model_specs()[0], P.main_at)
+display(Markdown(study.rules.shrinkage_text(shrink, "standard", P.main_at.label)))
 
 # %% [markdown]
 # ## The distributions
@@ -116,8 +116,8 @@ display(Markdown(rules.shrinkage_text(shrink, "standard", P.main_at.label)))
 shown = [s for s in P.model_specs() if s.kind == "standard" or s == P.main_at or s.norm == "l2"]
 atk_label = P.eval_attacks()["linf_ce"].label
 fig = plots.logit_histograms({
-    "clean": report.pooled_logits(runs, shown, "clean"),
-    f"attacked ({atk_label})": report.pooled_logits(runs, shown, "linf_ce"),
+    "clean": study.views.pooled_logits(runs, shown, "clean"),
+    f"attacked ({atk_label})": study.views.pooled_logits(runs, shown, "linf_ce"),
 })
 plots.save(fig, results_dir, "logit_histograms");
 
@@ -129,7 +129,7 @@ plots.save(fig, results_dir, "logit_histograms");
 
 # %%
 fig = plots.training_curves(
-    {s.label: [r.history for r in report.runs_of(runs, s)] for s in shown},
+    {s.label: [r.history for r in study.runs.runs_of(runs, s)] for s in shown},
     {"monitor_mean_max_logit": "mean max logit", "monitor_mean_centred_max_logit": "mean centred max logit",
      "monitor_mean_logit_gap": "mean logit gap", "monitor_accuracy": "clean accuracy (eval subset)"},
 )
@@ -141,19 +141,14 @@ plots.save(fig, results_dir, "training_curves");
 # A model that is still improving would make every later comparison one between unfinished models. The
 # convergence pilot (run once per profile, not by the book: it trains every model twice as long) trains the
 # standard, main AT and matched models (chapter 03's control) of every seed at this schedule and at twice its
-# epochs. The rule, fixed before the pilot ran: the schedule **converges** if doubling the epochs moves the
-# standard and the matched models' clean accuracy (whole test set) by less than {glue:text}`conv_clean_pp` pp and the
-# main AT model's robust accuracy (evaluation subset, PGD-CE and PGD-margin) by less than {glue:text}`conv_robust_pp` pp,
-# seed means. The record quoted
+# epochs. The rule, fixed before the pilot ran: {glue:md}`rule_convergence:myst` The record quoted
 # below is the one committed for this profile (commit {glue:text}`pilot_commit`, run {glue:text}`pilot_date`).
 
 # %%
-pilot = conv.pilot_record(P)
-prose.glue("conv_clean_pp", f"{100 * conv.CRITERIA['standard_clean']:g}")
-prose.glue("conv_robust_pp", f"{100 * conv.CRITERIA['at_robust_linf_ce']:g}")
+pilot = study.convergence.pilot_record(P)
 prose.glue("pilot_commit", pilot["commit"][:12] if pilot else "none recorded")
 prose.glue("pilot_date", pilot["date"] if pilot else "never")
-display(Markdown(conv.convergence_text(pilot, P)))
+display(Markdown(study.convergence.convergence_text(pilot, P)))
 
 # %% [markdown]
 # ## A sweep over the training $\varepsilon$
@@ -164,12 +159,10 @@ display(Markdown(conv.convergence_text(pilot, P)))
 # fall as $\varepsilon$ grows.
 
 # %%
-eps, series = report.eps_sweep(ctx, runs)
+eps, series = study.views.eps_sweep(ctx, runs)
 fig = plots.eps_sweep(eps, series, "training ε (L∞)")
 plots.save(fig, results_dir, "eps_sweep");
-import pandas as pd
-
-pd.DataFrame({k: [prose.fmt(iv) for iv in v] for k, v in series.items()}, index=[f"ε={e:.4g}" for e in eps])
+study.views.eps_sweep_frame(eps, series)
 
 # %% [markdown]
 # ## Logit statistics on attacked inputs
@@ -177,7 +170,7 @@ pd.DataFrame({k: [prose.fmt(iv) for iv in v] for k, v in series.items()}, index=
 # The same statistics on the adversarial inputs of the L∞ PGD-CE evaluation attack.
 
 # %%
-report.logit_table(runs, "linf_ce")
+study.views.logit_table(runs, "linf_ce")
 
 # %% [markdown]
 # ## What this chapter found
@@ -188,12 +181,4 @@ report.logit_table(runs, "linf_ce")
 # the subject of the theory chapter and of the distillation ablations.
 
 # %%
-sweep_records = [{"eps": e} | {k: iv.as_dict() for k, iv in zip(series, ivs)}
-                 for e, ivs in zip(eps, zip(*series.values()))]
-_ = cx.write_section(results_dir, "training", {
-    "models": [ex.model_record(ctx, r) for r in runs],
-    "shrinkage": {"base": "standard", "treated": P.main_at.name, "clean": shrink,
-                  "attacked_linf_ce": rules.paired_shrinkage(runs, P.model_specs()[0], P.main_at, "linf_ce")},
-    "eps_sweep": sweep_records,
-    "convergence": conv.convergence_section(pilot, P),
-})
+_ = cx.write_section(results_dir, "training", study.views.summary(ctx, runs, shrink, eps, series, pilot))

@@ -86,22 +86,21 @@ import torch
 from IPython.display import Markdown, display
 
 from atlib.core import plots
-from atlib.studies import context as cx, prose
-from atlib.studies.confidence import rules, runs as cf, views as cp
+from atlib.studies import confidence as study, context as cx, prose
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 prose.glue_setting(ctx)  # the numbers the prose below quotes
+prose.glue_rule(study.rule)  # claim 2's rule and its constant (atlib/studies/confidence/rules.py)
 prose.glue("f32_gap", -math.log(torch.finfo(torch.float32).eps / 2))  # float32 softmax gives p = 1 beyond this gap
 prose.setting_table(ctx)
 
 # %%
-an = cf.analyse(ctx, data_root)
+an = study.runs.analyse(ctx, data_root)
 S, M = an.settings, an.matched
 n_null = len(an.seeds) // 2
 prose.glue("n_test", len(an.labels))
 prose.glue("null_units", f"{n_null} unit" + ("s" if n_null != 1 else ""))
 prose.glue("t_null", f"{prose.t_factor(n_null):.2f}" if n_null > 1 else "undefined (one unit gives no interval)")
-prose.glue("max_gap", f"{100 * S.max_gap:g}")
 display(Markdown(
     f"Models: chapter 02's standard model and **{an.at_spec.label}** (PGD-AT), seeds "
     f"{', '.join(map(str, an.seeds))}, last-epoch weights, "
@@ -113,16 +112,16 @@ display(Markdown(
     f"({M.calibration.epochs} epochs, the standard model's number of SGD steps)"
     + ("." if M.calibration.monotone else "; the evaluated points do **not** rise monotonically with n, which "
        "the bisection assumes.")))
-cp.calibration_table(an)
+study.views.calibration_table(an)
 
 # %% [markdown]
 # Clean accuracy on the whole test set, per seed. The gap of the matched control to AT decides whether it is
 # matched (the early-stopped snapshot is the diagnostic described above).
 
 # %%
-display(Markdown(f"Matched control: mean clean accuracy {100 * M.gap:+.2f} pp from AT's (limit ±{100 * M.max_gap:g} "
-                 f"pp): **{'matched' if M.matched else 'not matched'}**."))
-cp.matched_table(an)
+display(Markdown(f"Matched control: mean clean accuracy {100 * M.gap:+.2f} pp from AT's (limit "
+                 f"±{study.rule.terms()['max_gap']} pp): **{'matched' if study.rule.matched(M) else 'not matched'}**."))
+study.views.matched_table(an)
 
 # %% [markdown]
 # ## Confidence per sample
@@ -132,7 +131,7 @@ cp.matched_table(an)
 # by probability.
 
 # %%
-cp.score_table(an)
+study.views.score_table(an)
 
 # %% [markdown]
 # Density-shaded scatter plots of per-sample confidence: standard model on the $x$ axis, AT on the $y$
@@ -140,31 +139,19 @@ cp.score_table(an)
 # monotone band means the two models rank samples alike.
 
 # %%
-fig = cp.density_scatter(an)
+fig = study.views.density_scatter(an)
 plots.save(fig, results_dir, "confidence_scatter");
 
 # %% [markdown]
 # ## Agreement against the null: the rule, then the numbers
 #
-# The rule is fixed here, before the numbers below are looked at, and applied by code. Primary statistic:
-# Spearman's $\rho$ of the top-class log-odds over the whole test set, one value per unit (above), a
-# {glue:text}`ci` Student-t interval over units. It is checked in this order:
+# The rule is fixed here, before the numbers below are looked at, and applied by code (its one source is
+# `atlib/studies/confidence/rules.py`, which the claims ledger reads too; intervals at {glue:text}`ci`, units as
+# above). {glue:md}`rule_statistic:myst`
 #
-# > **(a) Standard and AT differ beyond seed noise:** the upper end of the $\rho(\text{std}, \text{AT})$
-# > interval lies below the lower ends of both null intervals (std vs std, AT vs AT). If (a) fails: claim 2 is
-# > **not supported**, and nothing below is checked.
-# >
-# > **(c) The control is usable:** it is matched (its clean accuracy on the whole test set within
-# > {glue:text}`max_gap` pp of AT's) and the lower end of the matched-vs-matched null interval lies above the
-# > upper end of the $\rho(\text{std}, \text{AT})$ interval (a control whose own seeds disagree as much as std
-# > and AT do cannot separate anything). If (c) fails: **inconclusive**.
-# >
-# > **(b) Not explained by accuracy:** AT reorders the standard models' confidences more than a standard
-# > model of AT's accuracy does: the interval of
-# > $\Delta = \rho(\text{std}, \text{AT}) - \rho(\text{std}, \text{matched})$
-# > lies entirely below zero. If (b) holds: **supported**; otherwise: **not separated from accuracy**.
-# >
-# > **Undecided** if an interval the rule needs rests on fewer than two units.
+# ```{glue:md} rule_steps
+# :format: myst
+# ```
 #
 # The direction of (b) is deliberate: the matched models also differ from the standard ones by seeing less
 # data, which tends to *lower* $\rho(\text{std}, \text{matched})$ and so makes (b) harder to pass, not easier.
@@ -176,19 +163,19 @@ plots.save(fig, results_dir, "confidence_scatter");
 
 # %%
 display(Markdown("**Spearman's ρ** (top-class log-odds)"))
-cp.comparison_table(an.correlations["spearman"])
+study.views.comparison_table(an.correlations["spearman"])
 
 # %%
 display(Markdown("**Kendall's τ-b** (top-class log-odds)"))
-cp.comparison_table(an.correlations["kendall"])
+study.views.comparison_table(an.correlations["kendall"])
 
 # %%
 display(Markdown("**Spearman's ρ of the logit gap** (a second confidence score, as a check)"))
-cp.comparison_table(cf.comparisons(an.logits, cf.spearman, kind="gap"))
+study.views.comparison_table(study.runs.comparisons(an.logits, study.runs.spearman, kind="gap"))
 
 # %%
-v = rules.verdict(an)
-eff = {m: rules.effect_sizes(an, m) for m in cf.CORRELATIONS}
+v = study.rules.verdict(an)
+eff = {m: study.rules.effect_sizes(an, m) for m in study.runs.CORRELATIONS}
 display(Markdown(
     f"**Verdict ({ctx.data.name}, {an.at_spec.label} vs standard, seeds {', '.join(map(str, an.seeds))}): "
     f"{v['outcome']}.** (a) std vs AT below both nulls: {v['a_differs_from_nulls']}; (c) control usable: "
@@ -208,7 +195,7 @@ display(Markdown(
 # choice among hundreds of samples at exactly $1$.
 
 # %%
-cp.jaccard_table(an)
+study.views.jaccard_table(an)
 
 # %% [markdown]
 # ## The samples with the largest difference
@@ -220,7 +207,7 @@ cp.jaccard_table(an)
 # top softmax probability (standard and AT models of seed shown in the row titles).
 
 # %%
-fig = cp.difference_grid(an, ("std", an.seeds[0]), ("at", an.seeds[0]))
+fig = study.views.difference_grid(an, ("std", an.seeds[0]), ("at", an.seeds[0]))
 plots.save(fig, results_dir, "confidence_grid_std_vs_at");
 
 # %% [markdown]
@@ -229,7 +216,7 @@ plots.save(fig, results_dir, "confidence_grid_std_vs_at");
 
 # %%
 if len(an.seeds) > 1:
-    fig = cp.difference_grid(an, ("std", an.seeds[0]), ("std", an.seeds[1]))
+    fig = study.views.difference_grid(an, ("std", an.seeds[0]), ("std", an.seeds[1]))
     plots.save(fig, results_dir, "confidence_grid_std_vs_std");
 else:
     display(Markdown("Only one seed in this profile: no std-vs-std null grid."))
@@ -243,8 +230,8 @@ else:
 # standard model relatively unsure.
 
 # %%
-pc = cf.per_class(an)
-cp.class_table(pc)
+pc = study.runs.per_class(an)
+study.views.class_table(pc)
 
 # %% [markdown]
 # ## What distinguishes the groups
@@ -260,8 +247,8 @@ cp.class_table(pc)
 
 # %%
 display(Markdown(f"Group size: {min(S.group_size, len(an.labels) // 3)} samples per seed."))
-gm = cf.group_measures(an)
-cp.group_table(gm)
+gm = study.runs.group_measures(an)
+study.views.group_table(gm)
 
 # %% [markdown]
 # ## Browse the samples
@@ -272,11 +259,11 @@ cp.group_table(gm)
 # view.
 
 # %%
-fig = cp.browser_figure(an, "AT ≫ std", (0, 7))
+fig = study.views.browser_figure(an)  # what the browser shows first
 plots.save(fig, results_dir, "confidence_browser_static");
 
 # %% tags=["remove-output"]
-cp.browser(an)
+study.views.browser(an)
 
 # %% [markdown]
 # ## What this chapter found
@@ -291,11 +278,11 @@ cp.browser(an)
 # guessing.
 
 # %%
-display(Markdown(cp.findings_text(an, v, gm, pc)))
+display(Markdown(study.views.findings_text(an, v, gm, pc)))
 
 # %%
-section = cp.summary_section(an)
-cx.write_section(results_dir, "confidence", {"confidence": section})
+section = study.views.summary(an)
+cx.write_section(results_dir, "confidence", section)
 display(Markdown(f"Samples shown in the grids (test-set indices): "
-                 f"{section['shown_indices']['std_vs_at']['b_over_a_test_index']} (AT ≫ std), "
-                 f"{section['shown_indices']['std_vs_at']['a_over_b_test_index']} (std ≫ AT)."))
+                 f"{section['confidence']['shown_indices']['std_vs_at']['b_over_a_test_index']} (AT ≫ std), "
+                 f"{section['confidence']['shown_indices']['std_vs_at']['a_over_b_test_index']} (std ≫ AT)."))

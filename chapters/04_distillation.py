@@ -74,7 +74,7 @@
 # also redraw the ablations, e.g. the shuffle below, every epoch.)
 #
 # **Convergence of the students.** The students' schedule is checked like the teachers' (chapter 02): the
-# convergence pilot (`python -m atlib pilot convergence`) also distils the `full` students of every seed at
+# convergence pilot (`python -m atlib pilot convergence`) also distils the {glue:md}`full:myst` students of every seed at
 # twice their epochs, and they count as converged if their worst-case robust accuracy moves by less than
 # {glue:text}`student_criterion` pp. What the committed pilot found is printed below the settings.
 
@@ -89,15 +89,15 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 from IPython.display import Markdown, display
 
 from atlib.core import plots
-from atlib.studies import context as cx, prose
-from atlib.studies.distillation import findings as fx, plots as dp, runs as dr, views as rep
+from atlib.studies import context as cx, distillation as study, prose
 
 ctx = cx.context(profile, cache_dir, data_root, device)
-fx.glue_prose(ctx)  # the numbers the prose quotes
+study.findings.glue_prose(ctx)  # the numbers the prose quotes
+prose.glue_rule(study.rule)  # claim 3's rule, its arms and constants (atlib/studies/distillation/rules.py)
 prose.setting_table(ctx)
 
 # %%
-display(Markdown(fx.student_convergence_text(ctx)))
+display(Markdown(study.findings.student_convergence_text(ctx)))
 
 # %% [markdown]
 # ## The ablations
@@ -107,41 +107,12 @@ display(Markdown(fx.student_convergence_text(ctx)))
 # $p = \mathrm{softmax}(z_{\text{AT}}/T)$ for the AT teacher, $c = \arg\max_j p_j$ its top class,
 # $p_c$ its top probability (the sample's *confidence*), $r$ its runner-up class and $m$ the mean of $p_c$
 # over the training set. The **runner-up gap** $T \ln(p_c / p_r)$ is the logit margin the target asks the
-# student for: what an attacker has to close.
-#
-# | ablation | target | keeps | destroys |
-# | --- | --- | --- | --- |
-# | `full` | $p$ | everything | nothing |
-# | `standard_teacher` (baseline) | $\mathrm{softmax}(z_{\text{std}}/T)$ | a teacher's soft outputs | the AT teacher |
-# | `standard_rescaled` | $\mathrm{softmax}(\lambda z_{\text{std}}/T)$, one $\lambda$ for all samples with mean top probability $m$ | standard ordering, (nearly) its confidence ranking | standard mean confidence |
-# | `hard_labels` (control) | one-hot $y$, trained with plain CE | the labels | all soft information |
-# | `uniform_nonmax` | $p_c$ at $c$, $(1 - p_c)/(K-1)$ elsewhere | argmax, confidence | incorrect-class values and ordering; **widens the runner-up gap** |
-# | `shuffle_nonmax` | $p_c$ at $c$, the other $p_j$ permuted per sample | argmax, confidence, the multiset of non-max values (so the gap) | which class is the runner-up; the target of a rival is no longer a function of the input |
-# | `class_permuted_nonmax` (decisive for B) | $p_c$ at $c$; the non-max values moved by one fixed derangement $\pi_c$ of the other $K-1$ classes per top class $c$ | every value: confidence, runner-up gap, entropy; a learnable function of the input | **which classes are the close rivals** |
-# | `uniform_tail` | top-1 and top-2 classes and values; the other $K-2$ share the rest evenly | confidence, runner-up and its gap | the tail's values and ordering |
-# | `shuffle_tail` | top-1 and top-2 kept; the other $K-2$ values permuted per sample | confidence, runner-up, gap, tail multiset | the tail's ordering |
-# | `uniform_confidence` (decisive for C) | $\mathrm{softmax}(s_i z_{\text{AT}}/T)$ with $s_i$ such that the top probability is $m$ | the whole class ordering | sample-wise confidence |
-# | `smoothed_labels` (teacher-free control) | $m$ at $y$, $(1-m)/(K-1)$ elsewhere | label, mean confidence | everything sample-specific |
-# | `swap_confidence` | $\mathrm{softmax}(s_i z_{\text{AT}}/T)$ with top probability that of `standard_rescaled` | AT's class ordering | AT's sample-wise confidence |
-#
-# Details that decide what an ablation means:
-#
-# - **Non-max probabilities, not logits.** Averaging the non-max *logits* would raise $p_c$ and so change
-#   the confidence as well; `uniform_nonmax` keeps $p_c$ exactly. It does *not* keep the margin: at the
-#   mean top probability the flattened runner-up lies $T \ln\!\big((K-1)\,p_c/(1-p_c)\big)$ below the top,
-#   more than the full target's gap (the property table below measures both).
-# - **Permutations are drawn once.** `shuffle_nonmax` and `shuffle_tail` draw one permutation per sample,
-#   `class_permuted_nonmax` one derangement per top class, from the student's seed before training, and
-#   keep them for every epoch; re-drawing each epoch would average back to the uniform target. A
-#   *derangement* moves every class: a uniformly random permutation of the $K-1$ classes leaves one in
-#   place on average, and with it part of the information the ablation removes.
-# - **Confidence is changed by a per-sample temperature.** `uniform_confidence` and `swap_confidence`
-#   multiply a sample's logits $z/T$ by the one factor $s_i > 0$ that gives the wanted top probability
-#   (bisection; the top probability increases with $s_i$). This keeps the sample's whole class ordering
-#   and the ratios of its logit differences; keeping the ratios of the non-max *probabilities* instead can
-#   invert the ordering (the count is printed below).
-# - `hard_labels` involves no temperature: its students are the same at every $T$ and appear once per $T$
-#   in the tables, compared with that $T$'s `full` students.
+# student for: what an attacker has to close. Below: every ablation with what it keeps and destroys
+# (`atlib/studies/distillation/targets.py`; the roles come from the rule further down), then what decides the
+# meaning of those whose columns do not say it all.
+
+# %%
+display(Markdown(study.views.ablation_markdown()))
 
 # %% [markdown]
 # ## Students and their evaluation
@@ -171,7 +142,7 @@ display(Markdown(fx.student_convergence_text(ctx)))
 # 3. `more_steps_raise_acc`: PGD-$k$ CE must not leave more samples correct than PGD-{glue:text}`few_steps` CE.
 # 4. `transfer_from_at_stronger`, `transfer_from_std_stronger`: the PGD-$k$ CE examples crafted on either
 #    teacher of the same seed must not beat the white-box attacks on the student.
-# 5. `square_below_gradient`, on {glue:text}`square_arms` at every seed and $T$: torchattacks' gradient-free **Square**
+# 5. `square_below_gradient`, on {glue:md}`square_arms:myst` at every seed and $T$: torchattacks' gradient-free **Square**
 #    attack (L∞, {glue:text}`square_queries` queries, the first {glue:text}`square_subset` evaluation images, the same for
 #    every student) must not leave fewer samples correct than the worst case of the gradient attacks on the
 #    same images. A gradient attack that a random search beats is being misled by the gradients.
@@ -181,65 +152,42 @@ display(Markdown(fx.student_convergence_text(ctx)))
 # %% [markdown]
 # ## The verdict rule, fixed before the numbers
 #
-# > At each $T$, with the {glue:text}`n_student_seeds` paired seeds $i$ and Student-t intervals with
-# > {glue:text}`t_df` degrees of freedom, on the worst-case robust accuracy:
-# >
-# > - The **baseline** $b$ is the `standard_teacher` student at the same $T$: the same distillation from a
-# >   teacher with no robustness. $D$ = full − $b$.
-# > - **(A) Robustness distils** *holds* if the {glue:text}`ci` intervals of full − `standard_teacher` and of
-# >   full − `hard_labels` both lie above zero; it is *refuted* if either interval's upper end lies below
-# >   $E$ = {glue:text}`ceiling_fraction` × (PGD-AT student − $b$), less than a tenth of the robustness the ceiling
-# >   shows; otherwise it is *undecided*.
-# > - The **decisive** ablations are `class_permuted_nonmax` (for B) and `uniform_confidence` (for C);
-# >   their intervals are Bonferroni-adjusted over the two, at level {glue:text}`bonf_level` (t factor
-# >   {glue:text}`t_adj`, against {glue:text}`t_n` at {glue:text}`ci`). For each decisive ablation $a$, with
-# >   $\Delta_a$ = $a$ − full and the contrast $c_i = a_i - (\text{full}_i + b_i)/2$ (negative: $a$ lost more than
-# >   half of the distilled robustness), the outcome is the first that applies: **removes** if $c$'s interval
-# >   lies below zero; **raises** if $\Delta_a$'s interval lies above zero; **reduces** if $\Delta_a$'s interval
-# >   lies below zero; **keeps** if $c$'s interval lies above zero; otherwise **inconclusive**.
-# > - **(B) Incorrect-class information is essential**: supported if `class_permuted_nonmax` removes;
-# >   contradicted if it keeps or raises; otherwise inconclusive. **(C) Sample-wise confidence is
-# >   essential**: the same with `uniform_confidence`.
-# > - **Claim 3 at $T$**, in this order: *not supported* if A is refuted; *inconclusive* if A is undecided
-# >   (B and C are then not evaluated); *supported* if B and C are supported; *not supported* if B or C is
-# >   contradicted; otherwise *inconclusive*. Across temperatures: supported at every $T$, not supported at
-# >   every $T$, or mixed/inconclusive.
-# > - Every other ablation (`uniform_nonmax`, `shuffle_nonmax`, `uniform_tail`, `shuffle_tail`,
-# >   `swap_confidence`, `standard_rescaled`, `smoothed_labels`, `hard_labels`) is **descriptive**: the same
-# >   outcomes with unadjusted {glue:text}`ci` intervals, in a separate table, never part of the verdict.
-# > - A **flagged** student is never credited with robustness: an outcome that would rest on the accuracy of a
-# >   flagged arm, on the side that makes it easier, is not given.
+# With the {glue:text}`n_student_seeds` paired seeds a Student-t interval has {glue:text}`t_df` degrees of freedom: its
+# factor is {glue:text}`t_n` at {glue:text}`ci` and {glue:text}`t_adj` at the decisive ablations' Bonferroni-adjusted
+# level. The rule (`atlib/studies/distillation/rules.py`, which the claims ledger reads too):
+#
+# ```{glue:md} rule_paired
+# :format: myst
+# ```
+#
+# {glue:md}`rule_across:myst`
 #
 # The first round's rule, which this replaces, compared with the hard-label student only, used a fixed
 # "removes" threshold about the size of the whole distilled effect, read a lack of power as a
 # negative result and corrected for none of its sixteen tests.
 
 # %%
-grid = dr.run_grid(ctx)
-fx.setting_frame(ctx, grid)
+grid = study.runs.run_grid(ctx)
+study.findings.setting_frame(ctx, grid)
 
 # %% [markdown]
 # ### What each target keeps, measured
 #
-# On the training set, with the teachers of the first seed, against the `full` target at the same $T$:
+# On the training set, with the teachers of the first seed, against the {glue:md}`full:myst` target at the same $T$:
 # mean top and runner-up probability, the mean runner-up gap in logit units $T\ln(p_1/p_2)$ (infinite for the
-# one-hot `hard_labels`), the mean entropy, the Spearman correlation of the top probability with the full
+# one-hot {glue:md}`hard:myst`), the mean entropy, the Spearman correlation of the top probability with the full
 # target's (blank where the top probability is constant), the mean per-sample Kendall $\tau$ of the non-max
 # ordering with the full target's, and the fraction of samples whose runner-up class is the full target's.
 
 # %%
-records = rep.targets(grid)
-rep.property_table(records)
+records = study.views.targets(grid)
+study.views.property_table(records)
 
 # %%
-from atlib.studies.distillation import targets as dt
-
 t0 = grid.outputs[grid.seeds[0]]
-display(Markdown("Ratio-keeping rescaling would change the argmax of this share of training samples: " + ", ".join(
-    f"T={T:g}: {100 * dt.ratio_rescale_inverts(dt.soften(t0.at, T), float(dt.soften(t0.at, T).max(1).values.mean())):.2f}%"
-    for T in grid.temperatures) + " (the per-sample temperature changes none)."))
-idx = rep.first_sample(t0, grid.temperatures[0], quantile=0.1)
-fig = dp.targets_figure(t0, idx, grid.temperatures[0], ctx.data.classes, seed=grid.seeds[0])
+display(Markdown(study.views.ratio_rescale_text(t0, grid.temperatures)))
+idx = study.views.first_sample(t0, grid.temperatures[0])
+fig = study.plots.targets_figure(t0, idx, grid.temperatures[0], ctx.data.classes, seed=grid.seeds[0])
 plots.save(fig, results_dir, "distill_targets");
 
 # %% [markdown]
@@ -250,19 +198,19 @@ plots.save(fig, results_dir, "distill_targets");
 # Mean ± {glue:text}`ci` t-interval over seeds (%).
 
 # %%
-refs = rep.references(ctx, grid)
-rep.reference_table(refs, ctx.profile.eval_steps)
+refs = study.views.references(ctx, grid)
+study.views.reference_table(refs, ctx.profile.eval_steps)
 
 # %% [markdown]
 # The students. Accuracies in %, mean ± {glue:text}`ci` t-interval over seeds; $\Delta$ is the seed-paired difference
-# from the `full` student at the same $T$ in percentage points, with its {glue:text}`ci` interval.
+# from the {glue:md}`full:myst` student at the same $T$ in percentage points, with its {glue:text}`ci` interval.
 
 # %%
-rows = rep.aggregate(grid)
-rep.student_table(rows, ctx.profile.eval_steps)
+rows = study.views.aggregate(grid)
+study.views.student_table(rows, ctx.profile.eval_steps)
 
 # %%
-fig = dp.robustness_figure(rows, refs, grid.temperatures, ctx.profile.eval_steps)
+fig = study.plots.robustness_figure(rows, refs, grid.temperatures, ctx.profile.eval_steps)
 plots.save(fig, results_dir, "distill_robustness");
 
 # %% [markdown]
@@ -274,12 +222,12 @@ plots.save(fig, results_dir, "distill_robustness");
 # same images (seed means). The last column names the failed checks, per seed.
 
 # %%
-rep.masking_table(ctx, grid)
+study.views.masking_table(ctx, grid)
 
 # %%
 s = ctx.profile.distill
 steps = (s.few_steps, ctx.profile.eval_steps, s.many_steps)
-fig = dp.masking_figure(grid, ctx.profile.linf_eps, s.sweep_eps, steps, ctx.data.num_classes)
+fig = study.plots.masking_figure(grid, ctx.profile.linf_eps, s.sweep_eps, steps, ctx.data.num_classes)
 plots.save(fig, results_dir, "distill_masking");
 
 # %% [markdown]
@@ -290,28 +238,28 @@ plots.save(fig, results_dir, "distill_masking");
 # its target's runner-up gap.
 
 # %%
-verdict = rep.claim3(grid)
-rep.rule_a_table(verdict)
+verdict = study.views.claim3(grid)
+study.views.rule_a_table(verdict)
 
 # %%
-rep.ablation_table(verdict, records, "decisive")
+study.views.ablation_table(verdict, records, "decisive")
 
 # %%
-rep.ablation_table(verdict, records, "descriptive")
+study.views.ablation_table(verdict, records, "descriptive")
 
 # %%
-display(Markdown(fx.verdict_text(verdict)))
+display(Markdown(study.findings.verdict_text(verdict)))
 
 # %% [markdown]
 # ## What the numbers say, and what they do not
 #
 # Below, generated from this run's numbers: where the full student stands, what the descriptive ablations do
-# beside the runner-up gap of their targets, and the teacher-free `smoothed_labels` control beside part A.
+# beside the runner-up gap of their targets, and the teacher-free {glue:md}`teacher_free:myst` control beside part A.
 # Any explanation is a **hypothesis**, stated with the number that bears on it; none was tested by a
 # pre-registered rule.
 
 # %%
-display(Markdown(fx.findings_text(verdict, rows, records)))
+display(Markdown(study.findings.findings_text(verdict, rows, records)))
 
 # %% [markdown]
 # The verdict holds for this dataset, model, schedule and these temperatures; the paper's claim is about
@@ -322,7 +270,8 @@ display(Markdown(fx.findings_text(verdict, rows, records)))
 # checks above; chapter 05 audits the students of the first seed more deeply.
 
 # %%
-section = rep.summary_section(ctx, grid, rows, verdict, records)
-cx.write_section(results_dir, "distillation", {"distillation": section})
-display(Markdown(f"Wrote the `distillation` section of summary.json: {len(section['students'])} students, "
-                 f"{len(section['by_config'])} (ablation, T) rows, {len(section['targets'])} target properties."))
+section = study.views.summary(ctx, grid, rows, verdict, records)
+cx.write_section(results_dir, "distillation", section)
+display(Markdown(f"Wrote the `distillation` section of summary.json: {len(section['distillation']['students'])} "
+                 f"students, {len(section['distillation']['by_config'])} (ablation, T) rows, "
+                 f"{len(section['distillation']['targets'])} target properties."))

@@ -48,10 +48,11 @@
 # number the book should quote. It is at most the smallest per-attack accuracy, and usually a little
 # below it, since different attacks break different samples.
 #
-# **The rules, fixed before the numbers.** A model is *flagged* when
+# **The rules, fixed before the numbers** (`atlib/studies/audit/rules.py`). A model is *flagged* when
 #
-# 1. atlib PGD-CE reports more than **{glue:text}`ta_gap` pp** above torchattacks PGD with the same $\varepsilon$ and steps, or
-# 2. atlib PGD-CE or atlib PGD-margin reports more than **{glue:text}`apgd_gap` pp** above $\min(\text{APGD-CE}, \text{APGD-DLR})$.
+# ```{glue:md} rule_flags
+# :format: myst
+# ```
 #
 # Each model is attacked under its own threat model, as in chapter 02: the L2-AT models under L2, all
 # other models under L∞. A flag is reported, and explained below; it is never hidden by loosening a rule.
@@ -67,16 +68,13 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 from IPython.display import Markdown, display
 
 from atlib.core import plots
-from atlib.studies import context as cx, prose
-from atlib.studies.audit import rules, runs as audit, views as ar
-from atlib.studies.distillation import runs as distill_runs
-from atlib.studies.shrinkage import runs as ex
+from atlib.studies import audit as study, context as cx, distillation, prose, shrinkage
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 S = ctx.profile.audit
 prose.glue_setting(ctx)  # the numbers the prose below quotes
-for name, value in {"ta_gap": f"{100 * rules.TORCHATTACKS_GAP:g}", "apgd_gap": f"{100 * rules.APGD_GAP:g}",
-                    "chance_eps": f"{audit.CHANCE_EPS:g}", "few_steps": S.few_steps, "many_steps": S.many_steps}.items():
+prose.glue_rule(study.rule)  # the audit's flags and their margins (atlib/studies/audit/rules.py)
+for name, value in {"chance_eps": f"{S.linf_grid[-1]:g}", "few_steps": S.few_steps, "many_steps": S.many_steps}.items():
     prose.glue(name, value)
 prose.setting_table(ctx)
 
@@ -91,12 +89,12 @@ prose.setting_table(ctx)
 # attack settings and the code.
 
 # %%
-runs = ex.training_runs(ctx, seeds=ctx.profile.side_seed_list)
-records = audit.audit_runs(ctx, runs)
+runs = shrinkage.runs.training_runs(ctx, seeds=ctx.profile.side_seed_list)
+records = study.runs.audit_runs(ctx, runs)
 display(Markdown(f"{len(records)} models of chapter 02, each audited on the first {records[0]['n']} samples of the "
                  f"fixed evaluation subset of {ctx.data.name}; oracles seeded by each model's seed "
                  f"({', '.join(map(str, ctx.profile.side_seed_list))})."))
-ar.attack_table(records, S)
+study.views.attack_table(records, S)
 
 # %% [markdown]
 # ## Robust accuracy under every attack
@@ -105,14 +103,14 @@ ar.attack_table(records, S)
 # The last accuracy column is the worst case over all five attacks (per sample).
 
 # %%
-ar.group_table(records)
+study.views.group_table(records)
 
 # %% [markdown]
 # The same per model (one seed each), with the drop from atlib PGD-CE — the number chapter 02 quotes
 # first — to the worst case, and the flags raised by the rules above and by the masking checks below.
 
 # %%
-ar.model_table(records)
+study.views.model_table(records)
 
 # %% [markdown]
 # ## Gradient masking: sanity checks
@@ -144,14 +142,14 @@ ar.model_table(records)
 display(Markdown(f"Masking checks on {S.masking_subset} samples; L∞ grid {', '.join(f'{e:g}' for e in S.linf_grid)}, "
                  f"PGD-{S.sweep_steps} at each ε; PGD-{S.few_steps} vs PGD-{S.many_steps} and PGD-{S.few_steps} "
                  f"×{S.restarts} restarts under each model's own threat model."))
-ar.masking_table(records)
+study.views.masking_table(records)
 
 # %% [markdown]
 # Accuracy against the L∞ radius of the attack; the dashed line is chance. A curve that flattens above
 # chance at large $\varepsilon$ would be the signature of masking.
 
 # %%
-fig = ar.sweep_figure(records, ctx.data.num_classes)
+fig = study.views.sweep_figure(records, ctx.data.num_classes)
 _ = plots.save(fig, results_dir, "attack_strength_sweep")
 
 # %% [markdown]
@@ -160,7 +158,7 @@ _ = plots.save(fig, results_dir, "attack_strength_sweep")
 # Computed from the numbers above by the rules stated at the top of the chapter.
 
 # %%
-display(Markdown(ar.verdict_text(records)))
+display(Markdown(study.views.verdict_text(records)))
 
 # %% [markdown]
 # ## Diagnosing a flag of rule 2
@@ -168,14 +166,14 @@ display(Markdown(ar.verdict_text(records)))
 # When APGD beats atlib's PGD on a model by more than the margin, is atlib's attack weak or is this
 # noise? For each such model (the first few) we rerun atlib's PGD in variants on the same samples and
 # count, per sample, how many samples each variant leaves robust although an APGD breaks them, and the
-# reverse. Noise is two-sided (both counts similar); a weaker attack is one-sided. The variants: random
+# reverse. {glue:md}`rule_diagnosis:myst` The variants: random
 # restarts (more starting points), the cosine step schedule with the CE and the margin loss, and the
 # margin loss with restarts. If a variant lands within the {glue:text}`apgd_gap` pp margin, the fix belongs in
 # `atlib/core/attacks.py` (as the cosine schedule did), not in the flag.
 
 # %%
-diagnoses = ar.diagnose_runs(ctx, runs, records)
-ar.show_diagnoses(diagnoses, records[0]["n"])
+diagnoses = study.views.diagnose_runs(ctx, runs, records)
+study.views.show_diagnoses(diagnoses, records[0]["n"])
 
 # %% [markdown]
 # ## The distilled students of chapter 04
@@ -192,18 +190,18 @@ ar.show_diagnoses(diagnoses, records[0]["n"])
 # no atlib PGD more than {glue:text}`apgd_gap` pp above the APGD minimum.
 
 # %%
-grid = distill_runs.run_grid(ctx)  # cached by chapter 04
-student_records = audit.audit_students(ctx, grid)
+grid = distillation.runs.run_grid(ctx)  # cached by chapter 04
+student_records = study.runs.audit_students(ctx, grid)
 audited_seeds = sorted({r["seed"] for r in student_records})
 display(Markdown(f"{len(student_records)} students (seeds {', '.join(map(str, audited_seeds))} of the "
                  f"{len(ctx.profile.side_seed_list)} that chapter 04 trains), each audited on the first "
                  f"{student_records[0]['n']} samples of the evaluation subset; accuracy in percent"
                  + (f", mean ± half-width of the {prose.ci_label()} t-interval over seeds." if len(audited_seeds) > 1
                     else " (one seed: no interval; chapter 04 gives every seed's robust accuracy under atlib's PGD).")))
-ar.group_table(student_records)
+study.views.group_table(student_records)
 
 # %%
-display(Markdown(ar.verdict_text(student_records)))
+display(Markdown(study.views.verdict_text(student_records)))
 
 # %% [markdown]
 # A flag here is diagnosed the same way as a teacher's (above): atlib's PGD variants against APGD on
@@ -216,10 +214,10 @@ display(Markdown(ar.verdict_text(student_records)))
 # PGD-margin would need, and that fix is open.
 
 # %%
-student_diagnoses = ar.diagnose_students(ctx, grid, student_records)
-ar.show_diagnoses(student_diagnoses, student_records[0]["n"], noun="student")
+student_diagnoses = study.views.diagnose_students(ctx, grid, student_records)
+study.views.show_diagnoses(student_diagnoses, student_records[0]["n"], noun="student")
 if student_diagnoses:
-    display(Markdown(ar.quoted_vs_apgd(student_records, student_diagnoses)))
+    display(Markdown(study.views.quoted_vs_apgd(student_records, student_diagnoses)))
 
 # %% [markdown]
 # **What to quote.** Whatever the diagnosis, the worst-case column is a valid (tighter) robust accuracy
@@ -229,7 +227,5 @@ if student_diagnoses:
 # (full AutoAttack) would be stronger still.
 
 # %%
-_ = cx.write_section(results_dir, "evaluation", {"evaluation": ar.section(records, S) | {
-    "diagnoses": {name: table.to_dict(orient="index") for name, table in diagnoses.items()},
-    "students": ar.section(student_records, S) | {
-        "diagnoses": {name: table.to_dict(orient="index") for name, table in student_diagnoses.items()}}}})
+_ = cx.write_section(results_dir, "evaluation", study.views.summary(records, diagnoses, student_records,
+                                                                    student_diagnoses, S))

@@ -1,6 +1,7 @@
 """The attack audit: atlib PGD vs torchattacks from a shared start, worst case, flags, masking checks."""
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,11 @@ from atlib.training import masking
 from atlib.core.attacks import AttackConfig, PGDL2, PGDLinf, attack_loss, make_attack
 from atlib.core.models import build_model
 from atlib.studies.profiles import PROFILES
-from atlib.core.store import Store
+from atlib.core import oracles
+from atlib.core.store import Store, model_hash
+from atlib.training.train import correct
+
+SETTINGS = replace(PROFILES["smoke"].audit, student_seeds=None)  # every test below changes only what it names
 
 LOSS_TOL = 1e-4  # nats: float32 summation order (atlib sums the loss, torchattacks averages it)
 
@@ -129,14 +134,14 @@ def test_oracles_reproducible_in_threat_and_rng_untouched(std_digits_mlp, digits
     x, y = digits.test_x[:100], digits.test_y[:100]
     cfg = AttackConfig.madry(norm, eps, 5)
     state = torch.get_rng_state()
-    a = audit.run_oracle(name, model, x, y, cfg, 5, 1, seed=3, batch_size=64)
+    a = oracles.run_oracle(name, model, x, y, cfg, 5, 1, seed=3, batch_size=64)
     assert torch.equal(torch.get_rng_state(), state), "the caller's random state is left alone"
     assert model.training
     model.eval()
-    b = audit.run_oracle(name, model, x, y, cfg, 5, 1, seed=3, batch_size=64)
+    b = oracles.run_oracle(name, model, x, y, cfg, 5, 1, seed=3, batch_size=64)
     assert torch.equal(a, b)
     audit._check_in_threat(a, x, cfg, name)  # raises if outside the box or the ball
-    assert (audit.correct(model, a, y).float().mean() < audit.correct(model, x, y).float().mean() - 0.1)
+    assert (correct(model, a, y).float().mean() < correct(model, x, y).float().mean() - 0.1)
 
 
 def test_threat_check_catches_an_escape(digits):
@@ -147,7 +152,7 @@ def test_threat_check_catches_an_escape(digits):
     with pytest.raises(RuntimeError, match="left the threat model"):
         audit._check_in_threat(x + 0.05 + 2.0 * (x > 0.97), x, cfg, "bad")  # in the ball, out of the box
     with pytest.raises(ValueError, match="unknown oracle"):
-        audit.oracle("cw", nn.Linear(2, 2), cfg, 5, 1, 0)
+        oracles.oracle("cw", nn.Linear(2, 2), cfg, 5, 1, 0)
 
 
 # ---------------------------------------------------------------- worst case, flags, noise
@@ -167,10 +172,10 @@ def test_worst_case_is_per_sample():
 
 def test_attack_flags():
     ok = {"atlib_pgd_ce": 0.50, "atlib_pgd_margin": 0.50, "ta_pgd": 0.49, "apgd_ce": 0.48, "apgd_dlr": 0.49}
-    assert rules.attack_flags(ok) == []  # exactly +1 pp and +2 pp: not "more than"
-    assert rules.attack_flags(ok | {"ta_pgd": 0.485}) == ["pgd_ce_vs_torchattacks"]
-    assert rules.attack_flags(ok | {"apgd_dlr": 0.47}) == ["pgd_ce_vs_apgd", "pgd_margin_vs_apgd"]
-    assert rules.attack_flags(ok | {"atlib_pgd_margin": 0.505}) == ["pgd_margin_vs_apgd"]
+    assert rules.RULE.flags(ok) == []  # exactly +1 pp and +2 pp: not "more than"
+    assert rules.RULE.flags(ok | {"ta_pgd": 0.485}) == ["pgd_ce_vs_torchattacks"]
+    assert rules.RULE.flags(ok | {"apgd_dlr": 0.47}) == ["pgd_ce_vs_apgd", "pgd_margin_vs_apgd"]
+    assert rules.RULE.flags(ok | {"atlib_pgd_margin": 0.505}) == ["pgd_margin_vs_apgd"]
 
 
 def test_noise_threshold():
@@ -185,29 +190,29 @@ def test_noise_threshold():
 
 def test_masking_checks_flag_quantised_model_and_pass_honest_one(std_digits_mlp, other_digits_mlp, digits):
     x, y = digits.test_x[:200], digits.test_y[:200]
-    s = audit.AuditSettings(main_subset=None, masking_subset=200, apgd_steps=5)
+    s = replace(SETTINGS, main_subset=None, masking_subset=200, apgd_steps=5)
     threat = AttackConfig.madry("linf", 0.1, 20)
     masked = nn.Sequential(Quantise(4), std_digits_mlp).eval()
-    assert audit.correct(masked, x, y).float().mean() > 0.8, "quantisation keeps the model accurate"
+    assert correct(masked, x, y).float().mean() > 0.8, "quantisation keeps the model accurate"
     xg = x.clone().requires_grad_(True)
     (g,) = torch.autograd.grad(nn.functional.cross_entropy(masked(xg), y), xg)
     assert torch.count_nonzero(g) == 0, "the masked model gives the attacker zero gradients"
 
-    honest = audit.masking_checks(std_digits_mlp, x, y, threat, s, 0, 10, surrogate=other_digits_mlp)
-    bad = audit.masking_checks(masked, x, y, threat, s, 0, 10, surrogate=other_digits_mlp)
+    honest = masking.masking_checks(std_digits_mlp, x, y, threat, s, 0, 10, surrogate=other_digits_mlp)
+    bad = masking.masking_checks(masked, x, y, threat, s, 0, 10, surrogate=other_digits_mlp)
     assert honest["flags"] == [], honest["checks"]
     assert len(honest["checks"]) == 5 and all(c["passed"] for c in honest["checks"])
     assert "transfer_stronger" in bad["flags"], bad["checks"]
     assert bad["raw"]["transfer"] < bad["raw"]["whitebox"] - 0.2  # by far, not by noise
     # without a surrogate there is no transfer check
     assert all(c["flag"] != "transfer_stronger" for c in
-               audit.masking_checks(std_digits_mlp, x[:50], y[:50], threat, s, 0, 10)["checks"])
+               masking.masking_checks(std_digits_mlp, x[:50], y[:50], threat, s, 0, 10)["checks"])
     with pytest.raises(ValueError, match="num_classes"):
-        audit.masking_checks(std_digits_mlp, x, y, threat, s, 0, 1)
+        masking.masking_checks(std_digits_mlp, x, y, threat, s, 0, 1)
 
 
 def test_judge_rules_on_synthetic_numbers():
-    s = audit.AuditSettings(main_subset=None, masking_subset=100, apgd_steps=5)
+    s = replace(SETTINGS, main_subset=None, masking_subset=100, apgd_steps=5)
     threat = AttackConfig.madry("linf", 0.1, 20)
     good = {"linf_grid": list(s.linf_grid), "sweep": [0.9, 0.7, 0.5, 0.2, 0.05, 0.0],
             "few": 0.5, "many": 0.49, "restarts": 0.48, "whitebox": 0.5, "transfer": 0.6}
@@ -228,7 +233,7 @@ def test_judge_rules_on_synthetic_numbers():
 
 def test_audit_pairs_cached_and_given_logits(std_digits_mlp, other_digits_mlp, digits, tmp_path):
     x, y = digits.test_x[:120], digits.test_y[:120]
-    s = audit.AuditSettings(main_subset=100, masking_subset=50, apgd_steps=5)
+    s = replace(SETTINGS, main_subset=100, masking_subset=50, apgd_steps=5)
     threat = AttackConfig.madry("linf", 0.1, 10)
     store = Store(tmp_path / "c")
     pairs = [("a", std_digits_mlp), ("b", other_digits_mlp)]
@@ -262,7 +267,7 @@ def test_audit_pairs_cached_and_given_logits(std_digits_mlp, other_digits_mlp, d
 
 def test_audit_bad_inputs(std_digits_mlp, digits):
     x, y = digits.test_x[:20], digits.test_y[:20]
-    s = audit.AuditSettings(main_subset=None, masking_subset=10, apgd_steps=2)
+    s = replace(SETTINGS, main_subset=None, masking_subset=10, apgd_steps=2)
     threat = AttackConfig.madry("linf", 0.1, 2)
     with pytest.raises(ValueError, match="need a threat"):
         audit.audit([("a", std_digits_mlp)], x, y, s, 10, progress=False)
@@ -288,20 +293,20 @@ def test_settings_for_every_profile_and_errors():
                       (dict(main_subset=0), "main_subset"), (dict(restarts=1), "restarts"),
                       (dict(student_seeds=0), "student_seeds")):
         with pytest.raises(ValueError, match=frag):
-            audit.AuditSettings(**({"main_subset": None, "masking_subset": 10, "apgd_steps": 5} | bad))
+            replace(SETTINGS, **({"main_subset": None, "masking_subset": 10, "apgd_steps": 5} | bad))
 
 
 def test_model_hash_tracks_weights_and_structure(std_digits_mlp):
     import copy
 
-    h = audit.model_hash(std_digits_mlp)
+    h = model_hash(std_digits_mlp)
     m2 = copy.deepcopy(std_digits_mlp)
-    assert audit.model_hash(m2) == h
+    assert model_hash(m2) == h
     with torch.no_grad():
         next(m2.parameters())[0, 0] += 1e-3
-    assert audit.model_hash(m2) != h
-    assert audit.model_hash(nn.Sequential(Quantise(4), std_digits_mlp)) != \
-        audit.model_hash(nn.Sequential(Quantise(8), std_digits_mlp))
+    assert model_hash(m2) != h
+    assert model_hash(nn.Sequential(Quantise(4), std_digits_mlp)) != \
+        model_hash(nn.Sequential(Quantise(8), std_digits_mlp))
 
 
 # ---------------------------------------------------------------- the chapter in the smoke book
@@ -356,7 +361,7 @@ def test_cosine_pgd_in_threat_and_diagnose_table(std_digits_mlp, digits, norm, e
     audit._check_in_threat(xa, x, cos, "cosine")
     with torch.no_grad():
         assert attack_loss(std_digits_mlp(xa), y, "ce").mean() > attack_loss(std_digits_mlp(x), y, "ce").mean() + 0.5
-    s = audit.AuditSettings(main_subset=None, masking_subset=50, apgd_steps=5, restarts=2)
+    s = replace(SETTINGS, main_subset=None, masking_subset=50, apgd_steps=5, restarts=2)
     rec = audit.audit_model(std_digits_mlp, x, y, cfg, s, 0)
     table = audit_report.diagnose(std_digits_mlp, x, y, cfg, rec["robust"], s, 0)
     assert table.index[-1] == "min(APGD-CE, APGD-DLR)" and len(table) == 7
@@ -366,7 +371,7 @@ def test_cosine_pgd_in_threat_and_diagnose_table(std_digits_mlp, digits, norm, e
 
 def test_diagnose_flagged_picks_only_apgd_flags(std_digits_mlp, digits):
     x, y = digits.test_x[:60], digits.test_y[:60]
-    s = audit.AuditSettings(main_subset=None, masking_subset=30, apgd_steps=3, restarts=2, diagnose_max=1)
+    s = replace(SETTINGS, main_subset=None, masking_subset=30, apgd_steps=3, restarts=2, diagnose_max=1)
     cfg = AttackConfig.madry("linf", 0.1, 3)
     rec = audit.audit_model(std_digits_mlp, x, y, cfg, s, 0)
     base = {"n": 60, "robust": rec["robust"], "acc": rec["acc"]}

@@ -156,6 +156,21 @@ def test_claims_ledger_and_bibliography_in_the_book(built):
     assert 'href="references.html#id' in (html / "02_training.html").read_text(), "chapters cite into the bibliography"
 
 
+def test_knob_sheet_and_glued_rules_in_the_book(built):
+    """The generated knob sheet is a page of the book, and each chapter shows its rule glued from the rule object."""
+    from atlib.studies import confidence, distillation
+
+    html = built["out"] / "_build" / "html"
+    sheet = (html / "knobs.html").read_text()
+    assert "Every knob" in sheet and "smoke" in sheet and "max_gap" in sheet and "ceiling_fraction" in sheet
+    assert "knobs.html" in (html / "intro.html").read_text(), "the intro points to the knob sheet"
+    ch3 = (html / "03_confidence.html").read_text()
+    assert "The control is usable:" in ch3 and f"within {confidence.rule.terms()['max_gap']} pp" in ch3
+    ch4 = (html / "04_distillation.html").read_text()
+    assert "Bonferroni-adjusted over the" in ch4 and distillation.rule.terms()["bonf_level"] in ch4
+    assert "decisive for B" in ch4, "the ablation table is generated with the rule's roles"
+
+
 def test_tests_never_record_into_the_repository(built):
     assert built["results_after"] == built["results_before"], "a test build must not write results/<profile>/"
 

@@ -32,7 +32,7 @@ def chromium_path() -> str | None:
 def page_title(entry: str) -> str:
     """The ``# title`` of a toc entry, from its source (chapter .py, hand-written page, or the ledger)."""
     if entry in book.pages.GENERATED:
-        return "Claims ledger"
+        return {"claims": "Claims ledger", "knobs": "Every knob"}[entry]
     src = book.REPO / "chapters" / f"{entry}.py"
     lines = (src if src.exists() else book.REPO / "pages" / f"{entry}.md").read_text().splitlines()
     head = "# # " if src.exists() else "# "  # a chapter's markdown is commented out in py:percent

@@ -195,4 +195,6 @@ def test_bad_input_is_refused():
 
 
 def test_the_rule_text_states_the_constants():
-    assert "0.975" in R.PAIRED_RULE and "0.1 ×" in R.PAIRED_RULE and "class_permuted_nonmax" in R.PAIRED_RULE
+    text = R.RULE.text()
+    assert "97.5%" in text and "0.1 ×" in text and "`class_permuted_nonmax` (for B)" in text
+    assert R.RULE.bonferroni_level == 0.975 and R.RULE.square_arms == ("full", "standard_teacher", *R.RULE.decisive)

@@ -81,6 +81,29 @@ def test_malformed_device(tmp_path, capsys, monkeypatch):
     assert isinstance(DeviceError("x"), ValueError) and pick_device("cpu").type == "cpu"
 
 
+def _error_with_details(capsys) -> tuple[str, list[str]]:
+    """The ``error: ...`` line and the indented detail lines after it (no traceback)."""
+    first, *details = capsys.readouterr().err.splitlines()
+    assert first.startswith("error: ") and "Traceback" not in first, first
+    assert all(line.startswith("  ") for line in details), details
+    return first, details
+
+
+# ---------------------------------------------------------------- profile values
+
+@pytest.mark.parametrize("line, fragment", [("linf_sweep = [0, 7.0]", "linf_sweep = [0.0, 7.0]: need"),
+                                            ("l2_eps = 1000", "l2_eps = 1000.0: an L2 ε must be > 0 and at most"),
+                                            ("lr = inf", "lr = inf: the learning rate must be finite"),
+                                            ("linf_eps = 1.5", "linf_eps = 1.5: the main L∞ ε must lie in (0, 1]")])
+def test_out_of_range_profile_values_are_one_error_line(tmp_path, capsys, line, fragment):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'extends = "smoke"\n{line}\n')
+    out = tmp_path / "out"
+    assert cli.main(["book", "--profile", str(bad), "--out", str(out)]) == 2
+    err = _one_error_line(capsys)
+    assert fragment in err and str(bad) in err and not out.exists()
+
+
 # ---------------------------------------------------------------- --data-root
 
 def test_missing_data_root_fails_before_anything_is_trained(monkeypatch, capsys, tmp_path):
@@ -93,11 +116,15 @@ def test_missing_data_root_fails_before_anything_is_trained(monkeypatch, capsys,
     t0 = time.perf_counter()
     assert cli.main(["compute", "--profile", "fashion", "--data-root", "/nonexistent", "--device", "cpu"]) == 2
     assert time.perf_counter() - t0 < 60
-    err = _one_error_line(capsys)
-    assert "/nonexistent" in err and "does not exist" in err and "train-images-idx3-ubyte" in err
+    first, details = _error_with_details(capsys)  # what is wrong on a short first line, how to fix it after
+    assert first == "error: fashion: the data root /nonexistent (--data-root) does not exist"
+    assert any("train-images-idx3-ubyte" in line for line in details)
+    assert any("apt-get install dataset-fashion-mnist" in line for line in details)
     out = tmp_path / "out"  # the book checks it before its output folder is touched
     assert cli.main(["book", "--profile", "fashion", "--data-root", str(tmp_path), "--out", str(out)]) == 2
-    assert "holds none of the fashion files" in _one_error_line(capsys) and not out.exists()
+    first, _ = _error_with_details(capsys)
+    assert first == f"error: fashion: the data root {tmp_path} (--data-root) holds none of the fashion files"
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- --out

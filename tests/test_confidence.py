@@ -17,7 +17,8 @@ from atlib.studies.confidence import views as cp
 from atlib.studies.confidence import rules
 from atlib.studies.shrinkage import runs as ex
 from atlib.studies import context as cx
-from atlib.studies.profiles import ModelSpec, get_profile
+from atlib.studies.profiles import get_profile
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.training import train
 
 
@@ -122,7 +123,8 @@ def test_verdict_applies_the_rule_in_order(cross, null_n, m_null, matched, delta
     v = rules.decide(c, matched)
     assert v["outcome"] == outcome
     assert (v["a_differs_from_nulls"], v["c_control_usable"], v["b_not_explained_by_accuracy"]) == abc
-    an = SimpleNamespace(correlations={"spearman": c}, matched=SimpleNamespace(matched=matched, max_gap=0.015))
+    gap = 0.5 * rules.RULE.max_gap if matched else 2 * rules.RULE.max_gap  # the rule decides "matched" from the gap
+    an = SimpleNamespace(correlations={"spearman": c}, matched=SimpleNamespace(gap=-gap))
     assert rules.verdict(an)["outcome"] == outcome and "1.5 pp" in rules.verdict(an)["rule"]
 
 

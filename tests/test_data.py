@@ -1,4 +1,5 @@
 """Every data source of atlib.core.data, with tiny files written into tmp_path."""
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -9,9 +10,15 @@ import pytest
 import torch
 
 import atlib.core.data
-from atlib.core.data import DataNotFoundError, augment, eval_indices, load_dataset
+from atlib.core.data import DATASETS, DataNotFoundError, augment, eval_indices, load_dataset
+from atlib.core.datasets import IdxDataSet, register
 
 N_TRAIN, N_TEST = 20, 10
+
+
+def system_dirs(monkeypatch, name: str, *dirs: Path) -> None:
+    """The registry's entry ``name`` looks in ``dirs`` instead of its system folders (Debian's, for fashion)."""
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(DATASETS[name], system_dirs=dirs))
 
 
 # ---------------------------------------------------------------- helpers: idx files
@@ -87,7 +94,7 @@ def test_digits(digits):
 @pytest.mark.parametrize("name", ["mnist", "fashion"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_idx_round_trip(tmp_path, name, layout, monkeypatch):
-    monkeypatch.setattr(atlib.core.data, "DEBIAN_FASHION", tmp_path / "nope")
+    system_dirs(monkeypatch, "fashion", tmp_path / "nope")
     arrays = make_idx_arrays()
     write_layout(tmp_path / "root", name, layout, arrays)
     d = load_dataset(name, data_root=tmp_path / "root", download=False)
@@ -209,7 +216,7 @@ def test_missing_cifar10(tmp_path):
 
 
 def test_missing_fashion(tmp_path, monkeypatch):
-    monkeypatch.setattr(atlib.core.data, "DEBIAN_FASHION", tmp_path / "nope")
+    system_dirs(monkeypatch, "fashion", tmp_path / "nope")
     with pytest.raises(DataNotFoundError) as e:
         load_dataset("fashion")  # no data root named; ATLIB_NO_DOWNLOAD is set by conftest
     msg = str(e.value)
@@ -220,7 +227,7 @@ def test_named_data_root_must_hold_the_data(tmp_path, monkeypatch):
     """An explicit data root (argument or $ATLIB_DATA) that is missing or empty is an error naming what was looked
     for; it never falls back silently to the Debian copy or a download."""
     write_idx(tmp_path / "debian", make_idx_arrays(), gz=True)
-    monkeypatch.setattr(atlib.core.data, "DEBIAN_FASHION", tmp_path / "debian")  # a fallback that would work
+    system_dirs(monkeypatch, "fashion", tmp_path / "debian")  # a fallback that would work
     with pytest.raises(DataNotFoundError, match="does not exist") as e:
         load_dataset("fashion", "/nonexistent")
     assert "/nonexistent (--data-root)" in str(e.value) and "t10k-labels-idx1-ubyte" in str(e.value)
@@ -230,7 +237,8 @@ def test_named_data_root_must_hold_the_data(tmp_path, monkeypatch):
         load_dataset("fashion")
     msg = str(e.value)
     assert str(tmp_path / "empty") in msg and "$ATLIB_DATA" in msg and "FashionMNIST/raw/" in msg
-    assert all(stem in msg for stem in atlib.core.data.IDX_FILES) and str(tmp_path / "debian") not in msg
+    assert all(stem in msg for stem in atlib.core.data.IDX_FILES) and "looked in" not in msg
+    assert all(str(tmp_path / "debian") not in line or "apt-get install" in line for line in msg.splitlines())
     (tmp_path / "empty" / "train-images-idx3-ubyte.gz").write_bytes(b"")
     with pytest.raises(DataNotFoundError, match="lacks train-labels-idx1-ubyte, t10k-images"):
         load_dataset("fashion")
@@ -244,13 +252,122 @@ def test_named_data_root_must_hold_the_data(tmp_path, monkeypatch):
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 @pytest.mark.parametrize("layout", ["flat-gz", "flat-raw", "torchvision-raw", "torchvision-raw-gz"])
 def test_corrupt_idx(tmp_path, layout, damage):
+    """A bad idx file is an error that gives the reason: never an empty "could not be read ()"."""
     write_layout(tmp_path, "mnist", layout, make_idx_arrays())
     folder = tmp_path if layout.startswith("flat") else tmp_path / "MNIST" / "raw"
     p = next(folder.glob("train-images-idx3-ubyte*"))
     blob = p.read_bytes()
     p.write_bytes(blob[: len(blob) // 2] if damage == "truncate" else bytes(range(256)) * 4)
-    with pytest.raises(DataNotFoundError, match="truncated or corrupt"):
+    with pytest.raises(DataNotFoundError, match="truncated or corrupt") as e:
         load_dataset("mnist", data_root=tmp_path, download=False)
+    first = str(e.value).splitlines()[0]
+    assert first.startswith(f"mnist: the files in {folder} could not be read: {p.name}"), first
+    gz = layout.endswith("gz")
+    reason = {("truncate", False): "truncated: its header announces 20×28×28 values (15,696 bytes with the header), "
+                                    "the file has 7,848 bytes",
+              ("garbage", False): "bad magic number 0x00010203 (an idx file of unsigned bytes with 3 dimensions "
+                                  "starts with 0x00000803)",
+              ("truncate", True): "EOFError: Compressed file ended before the end-of-stream marker was reached",
+              ("garbage", True): "BadGzipFile: Not a gzipped file"}[damage, gz]
+    assert reason in first, first
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("short", "train-images-idx3-ubyte.gz (decompressed): truncated: its header announces 20×28×28 values"),
+    ("long", "t10k-labels-idx1-ubyte.gz (decompressed): too long: its header announces 10 values (18 bytes with the "
+             "header), the file has 21 bytes"),
+    ("labels", "20 training images but 5 training labels"),
+    ("class", "test labels from 0 to 12, the entry has 10 classes (0..9)"),
+    ("shape", "training images of 1×28×27 (C×H×W), the entry says 1×28×28")])
+def test_idx_files_that_are_not_the_dataset(tmp_path, damage, reason):
+    """Well-compressed idx files whose content is wrong: cut short or too long (torchvision's reader raises an empty
+    AssertionError), or consistent files that are not this dataset (torchvision reads them without a word)."""
+    xtr, ytr, xte, yte = make_idx_arrays()
+    blobs = {"train-images-idx3-ubyte": idx_images(xtr), "train-labels-idx1-ubyte": idx_labels(ytr),
+             "t10k-images-idx3-ubyte": idx_images(xte), "t10k-labels-idx1-ubyte": idx_labels(yte)}
+    if damage == "short":
+        blobs["train-images-idx3-ubyte"] = blobs["train-images-idx3-ubyte"][:-100]
+    elif damage == "long":
+        blobs["t10k-labels-idx1-ubyte"] += b"abc"
+    elif damage == "labels":
+        blobs["train-labels-idx1-ubyte"] = idx_labels(ytr[:5])
+    elif damage == "class":
+        blobs["t10k-labels-idx1-ubyte"] = idx_labels(np.where(yte == yte.max(), 12, yte).astype(np.uint8))
+    else:
+        blobs["train-images-idx3-ubyte"] = idx_images(np.ascontiguousarray(xtr[:, :, :27]))
+    tmp_path.mkdir(exist_ok=True)
+    for stem, blob in blobs.items():
+        (tmp_path / f"{stem}.gz").write_bytes(gzip.compress(blob))
+    with pytest.raises(DataNotFoundError) as e:
+        load_dataset("mnist", data_root=tmp_path, download=False)
+    first = str(e.value).splitlines()[0]
+    assert first.startswith(f"mnist: the files in {tmp_path} ") and reason in first, first
+
+
+def test_a_data_root_without_the_data_says_so_on_a_short_first_line(tmp_path):
+    """What is wrong on the first line; what atlib reads and how to get the data on the lines after it."""
+    with pytest.raises(DataNotFoundError) as e:
+        load_dataset("fashion", tmp_path / "nowhere")
+    first, *details = str(e.value).splitlines()
+    assert first == f"fashion: the data root {tmp_path / 'nowhere'} (--data-root) does not exist"
+    assert len(details) >= 3 and all(line.startswith("  ") for line in details)
+    assert any("apt-get install dataset-fashion-mnist" in line for line in details)
+    assert any("FashionMNIST/raw/" in line and "train-images-idx3-ubyte" in line for line in details)
+
+
+@pytest.fixture
+def registry():
+    """The dataset registry, restored after the test (which registers datasets of its own)."""
+    saved = dict(DATASETS)
+    yield DATASETS
+    DATASETS.clear()
+    DATASETS.update(saved)
+
+
+def test_a_new_dataset_through_the_registry_alone(tmp_path, registry):
+    """Adding a dataset is one registry entry: idx files of three classes of 12×12 images, written here, load by the
+    entry's name from its own folder or from a data root, with its classes, shape and fixed mean/std; a TOML profile
+    names it, and chapter 02's models train and are attacked on it (nothing else in atlib knows it)."""
+    from atlib.studies import context as cx
+    from atlib.studies.profiles import load_profile
+    from atlib.studies.shrinkage import runs
+
+    rng = np.random.default_rng(3)
+    xtr, xte = rng.integers(0, 256, (30, 12, 12), dtype=np.uint8), rng.integers(0, 256, (9, 12, 12), dtype=np.uint8)
+    arrays = (xtr, (np.arange(30) % 3).astype(np.uint8), xte, (np.arange(9) % 3).astype(np.uint8))
+    write_idx(tmp_path / "shapes", arrays, gz=True)
+    entry = register(IdxDataSet(name="shapes", classes=("circle", "square", "triangle"), shape=(1, 12, 12),
+                                mean=(0.5,), std=(0.25,), system_dirs=(tmp_path / "shapes",)))
+    d = load_dataset("shapes")
+    assert (d.name, d.classes, d.shape, d.mean, d.std) == ("shapes", entry.classes, (1, 12, 12), (0.5,), (0.25,))
+    assert d.source == str(tmp_path / "shapes") and d.num_classes == 3
+    assert torch.equal((d.test_x[:, 0] * 255).round().to(torch.uint8), torch.from_numpy(xte))
+    assert torch.equal(d.train_y, torch.arange(30) % 3)
+    write_idx(tmp_path / "copy", arrays, gz=False)
+    assert load_dataset("shapes", tmp_path / "copy").fingerprint == d.fingerprint
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError) as e:
+        load_dataset("shapes", tmp_path / "empty")
+    assert str(e.value).splitlines()[0] == f"shapes: the data root {tmp_path / 'empty'} (--data-root) holds none of " \
+                                           "the shapes files"
+    assert "internet" not in str(e.value) and "raw/" not in str(e.value)  # no torchvision class: no download, flat only
+    with pytest.raises(ValueError, match="'shapes' is already registered"):
+        register(entry)
+    register(dataclasses.replace(entry, shape=(1, 32, 32)), replace=True)
+    with pytest.raises(DataNotFoundError, match=r"training images of 1×12×12 \(C×H×W\), the entry says 1×32×32"):
+        load_dataset("shapes")
+    register(entry, replace=True)
+    with pytest.raises(ValueError, match="give mean and std together, one per channel"):
+        IdxDataSet(name="bad", classes=("a", "b"), shape=(1, 12, 12), mean=(0.5, 0.5), std=(0.2, 0.2))
+
+    profile = tmp_path / "shapes.toml"
+    profile.write_text('extends = "smoke"\ndataset = "shapes"\nepochs = 2\nseeds = [0]\nside_seeds = 1\n')
+    p = load_profile(profile)
+    ctx = cx.context(p, str(tmp_path / "cache"), device="cpu", workers=1)
+    assert ctx.data.fingerprint == d.fingerprint and len(ctx.eval_y) == 9
+    run = runs.model_run(ctx, p.main_at, 0, progress=False)
+    assert run.logits["clean"].shape == (9, 3) and run.logits["linf_ce"].shape == (9, 3)
+    assert run.history[-1]["epoch"] == 2
 
 
 def test_unknown_dataset():

@@ -4,6 +4,7 @@ the rendered chapter (it must not retrain chapter 02's teachers)."""
 import json
 import math
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from atlib.studies import context as cx
 from atlib.core import stats
 from atlib.training import train
 from atlib.studies.distillation.settings import DistillSettings
+from atlib.studies.profiles import get_profile
 
 N, K = 4000, 10
 
@@ -236,16 +238,19 @@ def test_error_paths(teachers):
         D.distill_loss(torch.zeros(2, 3), torch.full((2, 3), 1 / 3), None, 2.0, reduction="sum")
     with pytest.raises(ValueError, match="two \\(N, K\\) tensors"):
         dt.TeacherLogits(torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(4))
+    fashion = get_profile("fashion").distill
     with pytest.raises(ValueError, match="one lr per temperature"):
-        DistillSettings(temperatures=(4.0, 30.0), lrs=(0.01,))
+        replace(fashion, temperatures=(4.0, 30.0), lrs=(0.01,))
     with pytest.raises(ValueError, match="end at L∞ 0.5"):
-        DistillSettings(sweep_eps=(0.2, 0.3))
+        replace(fashion, sweep_eps=(0.2, 0.3))
     with pytest.raises(ValueError, match="not one of this profile's temperatures"):
-        DistillSettings().lr_at(7.0)
+        fashion.lr_at(7.0)
     with pytest.raises(ValueError, match="square_subset"):
-        DistillSettings(eval_subset=50, square_subset=100)
+        replace(fashion, eval_subset=50, square_subset=100)
     with pytest.raises(ValueError, match="apgd_steps"):
-        DistillSettings(apgd_steps=0)
+        replace(fashion, apgd_steps=0)
+    with pytest.raises(TypeError, match="missing"):
+        DistillSettings(temperatures=(4.0,), lrs=(0.01,))  # no setting has a default
 
 
 # ----------------------------------------------------------------------------- the chapter, end to end
@@ -266,7 +271,7 @@ def test_chapter_page_and_summary_section(smoke_book):
         # the worst case is the minimum over the four attacks and never above any of them
         assert 0 <= acc["worst_case"] <= min(acc["pgd_ce"], acc["pgd_margin"], acc["apgd_ce"], acc["apgd_dlr"])
         assert acc["pgd_both"] <= min(acc["pgd_ce"], acc["pgd_margin"]) <= r["clean_acc"] <= 1
-        if r["ablation"] in rules.SQUARE_ARMS:  # Square ran, on the same images for every student
+        if r["ablation"] in rules.RULE.square_arms:  # Square ran, on the same images for every student
             q = r["square"]
             assert q["n"] == p.distill.square_subset and q["queries"] == p.distill.square_queries
             assert q["passed"] == (q["gradient_acc"] - q["square_acc"] <= q["threshold"])
@@ -280,7 +285,7 @@ def test_chapter_page_and_summary_section(smoke_book):
     assert set(s["verdict"]["by_T"]) == {f"{T:g}" for T in p.distill.temperatures}
     for v in s["verdict"]["by_T"].values():
         assert set(v) >= {"baseline", "D", "E", "A", "decisive", "descriptive", "B", "C", "claim3"}
-        assert set(v["decisive"]) == set(rules.DECISIVE) and all(e["level"] == 0.975 for e in v["decisive"].values())
+        assert set(v["decisive"]) == set(rules.RULE.decisive) and all(e["level"] == 0.975 for e in v["decisive"].values())
         assert all(e["level"] == 0.95 for e in v["descriptive"].values())
         assert v["claim3"] in ("supported", "not supported", "inconclusive")
     # the verdict is the rule applied to the recorded students (recomputed here from the per-student rows)

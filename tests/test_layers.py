@@ -4,12 +4,19 @@ Rules (README, "Layout"): ``core`` → ``training`` → ``studies`` → ``book``
 or lower ones; ``core/stats.py`` (pure logit statistics) imports nothing of atlib; a study package imports only
 itself, the shared ``studies/*.py`` modules and the studies it declares as its inputs (``STUDY_INPUTS``); the
 shared ``studies/*.py`` modules import only the studies' ``settings`` modules. Module and function sizes are
-kept small (~400 and ~60 lines).
+kept small (~400 and ~60 lines). Every study shows the same face from its ``__init__`` (``atlib.studies.face``:
+``settings``, ``runs``, ``rules`` / ``rule``, ``views``), every chapter imports its own study one way
+(``from atlib.studies import <study> as study``, other studies by their names), and no module re-exports names.
 """
 import ast
+import importlib
 from pathlib import Path
 
+import jupytext
+
 import atlib
+from atlib.studies.face import FACE
+from atlib.studies.rule import Rule
 
 PKG = Path(atlib.__file__).parent
 LAYERS = ("core", "training", "studies", "book")  # bottom to top; atlib/__init__ and __main__ sit on top
@@ -121,3 +128,76 @@ def test_modules_and_functions_stay_small():
             for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
             and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"functions past {MAX_FUNCTION_LINES} lines, split them: {long}"
+
+
+# ------------------------------------------------------------------------------------------ the study face
+FACE_MODULES = ("settings", "runs", "rules", "views")
+CHAPTERS = Path(atlib.__file__).resolve().parents[1] / "chapters"
+
+
+def chapter_study() -> dict[str, str]:
+    """Chapter (toc entry) -> its study, from each study's rule object (``rule.CHAPTER``)."""
+    return {importlib.import_module(f"atlib.studies.{s}").rule.CHAPTER: s for s in STUDY_INPUTS}
+
+
+def test_every_study_shows_the_same_face():
+    for study in STUDY_INPUTS:
+        folder = PKG / "studies" / study
+        missing = [m for m in FACE_MODULES if not (folder / f"{m}.py").exists()]
+        assert not missing, f"study {study!r} lacks {missing}: every study has {', '.join(FACE_MODULES)}"
+        pkg = importlib.import_module(f"atlib.studies.{study}")
+        assert dir(pkg) == sorted(FACE) and tuple(pkg.__all__) == FACE, f"{study}: the face is {FACE}"
+        assert isinstance(pkg.rule, Rule) and pkg.rule is pkg.rules.RULE
+        assert callable(pkg.views.summary), f"{study}.views.summary builds the chapter's part of summary.json"
+        eager = atlib_imports(folder / "__init__.py") - {"atlib.studies.face", "atlib.studies.face.FACE",
+                                                          "atlib.studies.face.face"}
+        assert not eager, f"{study}/__init__.py imports {eager}: the face loads a module when it is first used"
+    assert sorted(chapter_study().values()) == sorted(STUDY_INPUTS), "one chapter per study"
+
+
+def chapter_import_violations(source: str, study: str) -> list[str]:
+    """How a chapter's code imports the studies against the rule: ``from atlib.studies import <study> as study``
+    (its own), other studies by their own names, never a study's modules directly."""
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("atlib.studies."):
+            if node.module.split(".")[2] in STUDY_INPUTS:
+                bad.append(f"from {node.module} import ...: import the study package (from atlib.studies import ...)")
+        elif isinstance(node, ast.Import):
+            bad += [f"import {a.name}: use from atlib.studies import ..." for a in node.names
+                    if a.name.startswith("atlib.studies.")]
+        elif isinstance(node, ast.ImportFrom) and node.module == "atlib.studies":
+            for a in node.names:
+                if a.name == study and a.asname != "study":
+                    bad.append(f"its own study {study!r} is imported as {a.asname or a.name!r}, not 'study'")
+                elif a.name != study and a.name in STUDY_INPUTS and a.asname not in (None, a.name):
+                    bad.append(f"another study {a.name!r} is renamed {a.asname!r}: use its own name")
+    own = [a for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module == "atlib.studies"
+           for a in n.names if a.name == study]
+    if not own:
+        bad.append(f"the chapter does not import its study {study!r} as 'study'")
+    return bad
+
+
+def _chapter_code(path: Path) -> str:
+    cells = [c.source for c in jupytext.read(path).cells if c.cell_type == "code"]
+    return "\n".join(ln for c in cells for ln in c.splitlines() if not ln.lstrip().startswith(("%", "!")))
+
+
+def test_every_chapter_imports_its_study_one_way():
+    for chapter, study in chapter_study().items():
+        bad = chapter_import_violations(_chapter_code(CHAPTERS / f"{chapter}.py"), study)
+        assert not bad, f"chapters/{chapter}.py: " + "; ".join(bad)
+
+
+def test_checker_catches_a_chapter_importing_its_study_another_way():
+    old = "from atlib.studies.theory import runs as theory, views as V\nfrom atlib.studies import shrinkage as ex\n"
+    assert len(chapter_import_violations(old, "theory")) == 3  # a module import, a renamed study, no `as study`
+    assert chapter_import_violations("from atlib.studies import theory as study, shrinkage\n", "theory") == []
+    assert chapter_import_violations("from atlib.studies import theory as T\n", "theory") == [
+        "its own study 'theory' is imported as 'T', not 'study'"]
+
+
+def test_no_study_module_re_exports_names_for_other_callers():
+    marked = [str(p.relative_to(PKG)) for p in (PKG / "studies").rglob("*.py") if "re-export" in p.read_text()]
+    assert not marked, f"import names where they are defined, not through these modules: {marked}"

@@ -6,7 +6,8 @@ import pytest
 
 from atlib.book import cli, pilot
 from atlib.studies import context as cx
-from atlib.studies.profiles import ModelSpec, get_profile
+from atlib.studies.profiles import get_profile
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.distillation import findings as fx, runs as dr
 from atlib.studies.shrinkage import convergence as conv, runs as ex
 

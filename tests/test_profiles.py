@@ -71,6 +71,17 @@ def test_toml_overrides_in_the_nesting_of_the_dataclasses(tmp_path):
     ('extends = "smoke"\n[distill]\ntemperatures = [4.0]\n', "need one lr per temperature"),
     ('extends = "smoke"\n[audit]\nlinf_grid = [0.0, 0.1]\n', "linf_grid"),
     ('extends = "smoke"\nlinf_eps = 0.3\n', "must start above the profile's L∞ ε"),
+    ('extends = "smoke"\nlinf_sweep = [0, 7.0]\n', "linf_sweep = [0.0, 7.0]: need at least one L∞ ε, each in [0, 1]"),
+    ('extends = "smoke"\nlinf_sweep = []\n', "linf_sweep = []: need at least one L∞ ε"),
+    ('extends = "smoke"\nlinf_eps = 1.5\n', "linf_eps = 1.5: the main L∞ ε must lie in (0, 1]"),
+    ('extends = "smoke"\nlr = inf\n', "lr = inf: the learning rate must be finite and > 0"),
+    ('extends = "smoke"\nlr = nan\n', "lr = nan: the learning rate must be finite and > 0"),
+    ('extends = "smoke"\nweight_decay = inf\n', "weight_decay = inf: must be finite and >= 0"),
+    ('extends = "smoke"\nl2_eps = 1000\n', "l2_eps = 1000.0: an L2 ε must be > 0 and at most the diameter of the "
+                                          "digits images, sqrt(C·H·W) = sqrt(1·8·8) = 8"),
+    ('extends = "fashion"\nl2_eps = 28.01\n', "l2_eps = 28.01: an L2 ε must be > 0 and at most the diameter of the "
+                                             "fashion images, sqrt(C·H·W) = sqrt(1·28·28) = 28"),
+    ('extends = "smoke"\nl2_eps = 0\n', "l2_eps = 0.0: an L2 ε must be > 0"),
     ('extends = "imagenet"\n', "extends = 'imagenet' is not a built-in profile; valid: smoke, fashion"),
     ('extends = "smoke"\nepochs = \n', "is not valid TOML"),
     ('name = "partial"\nepochs = 3\n', "missing keys"),
@@ -79,6 +90,20 @@ def test_bad_profile_files_name_the_key(tmp_path, text, fragment):
     with pytest.raises(UnknownProfileError) as e:
         get_profile(_write(tmp_path, text))
     assert fragment in str(e.value) and "own.toml" in str(e.value)
+
+
+def test_threat_model_bounds_follow_the_registry_shape(tmp_path):
+    """The largest L2 ε is the diameter of the profile's images (sqrt(C·H·W), from the dataset registry): accepted
+    at it, rejected past it, per dataset; an L∞ ε of exactly 1 is the edge of [0, 1]."""
+    for base, dataset, diameter in (("smoke", "digits", 8.0), ("fashion", "fashion", 28.0),
+                                    ("cifar10", "cifar10", 3072 ** 0.5)):
+        p = PROFILES[base]
+        assert dataclasses.replace(p, l2_eps=diameter).l2_eps == diameter
+        with pytest.raises(ValueError, match=rf"l2_eps = .*diameter of the {dataset} images"):
+            dataclasses.replace(p, l2_eps=diameter * 1.001)
+    assert dataclasses.replace(PROFILES["smoke"], linf_sweep=(0.0, 1.0)).linf_sweep == (0.0, 1.0)
+    with pytest.raises(ValueError, match=r"lr = inf: .*; linf_sweep = \[0.0, 1.5\]: "):
+        dataclasses.replace(PROFILES["smoke"], lr=float("inf"), linf_sweep=(0.0, 1.5))  # every bad key, in one message
 
 
 def test_missing_file_and_unknown_name(tmp_path):
@@ -93,7 +118,8 @@ def test_config_errors_are_value_errors_with_types_in_words():
         from_table(LinearSettings, {"n_train": 1, "epochs": 1, "batch_size": 1, "lr": 0.1, "weight_decay": 0.0,
                                     "eps_sweep": [0.0, "x"], "pgd_steps": 1})
     assert from_table(LinearSettings, {"n_train": 1, "epochs": 1, "batch_size": 1, "lr": 1, "weight_decay": 0,
-                                       "eps_sweep": [0, 0.1], "pgd_steps": 1}).lr == 1.0  # ints widen to float
+                                       "eps_sweep": [0, 0.1], "pgd_steps": 1, "check_n": 10, "check_steps": 2,
+                                       "bound_steps": 2}).lr == 1.0  # ints widen to float
 
 
 def test_cli_rejects_a_bad_profile_file_before_anything_runs(tmp_path, capsys):

@@ -2,6 +2,7 @@
 scale, the flip-radius tools, the verdict rules, and a mutation check that the checks can fail."""
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,9 @@ from atlib.studies.theory import controls
 from atlib.studies.theory import runs as theory
 from atlib.studies.theory import views as V
 from atlib.studies.profiles import get_profile
+from atlib.studies.theory import rules
+
+CHECKS = replace(get_profile("smoke").theory.linear, check_n=60)  # the closed-form checks on 60 samples
 
 
 def _random_linear(K=5, D=30, seed=0):
@@ -76,7 +80,7 @@ def _fake_lin(W, b, eps):
 def test_chapter_checks_pass_on_correct_math():
     W, b, g = _random_linear(K=10, D=30)
     x, y = _box_inputs(g, 60), torch.randint(0, 10, (60,), generator=g)
-    res = V.linear_checks(_fake_lin(W, b, 0.1), x, y, n=60)
+    res = V.linear_checks(_fake_lin(W, b, 0.1), x, y, CHECKS)
     assert res["closed_form_matches_pgd"] and res["bound_holds"] and res["binary_exact"]
 
 
@@ -90,7 +94,7 @@ def test_mutation_wrong_dual_norm_makes_the_checks_fail(monkeypatch, wrong):
     if wrong["linf"] != 1.0:
         assert theory.closed_form_vs_pgd(W, b, x, y, 0.1, "linf", box=True) > 1e-2
         assert theory.closed_form_vs_pgd(W, b, xi, y, 0.08, "linf", box=False) > 1e-2
-        res = V.linear_checks(_fake_lin(W, b, 0.1), x, y, n=60)
+        res = V.linear_checks(_fake_lin(W, b, 0.1), x, y, CHECKS)
         assert not res["closed_form_matches_pgd"]
         assert not res["bound_holds"], "a too-small shift (‖·‖₂ ≤ ‖·‖₁) lets PGD beat the 'bound'"
     else:
@@ -108,19 +112,19 @@ def test_optimal_scale_matches_the_well_specified_closed_form():
 
 
 def test_gradient_descent_reaches_the_predicted_scale():
-    st = theory.GaussianSettings(n_train=3000, n_test=3000, steps=400, eps_sweep=(0.0, 0.5))
+    st = replace(get_profile("smoke").theory.gaussian, n_train=3000, n_test=3000, steps=400, eps_sweep=(0.0, 0.5))
     g = theory.gaussian_experiment(st, (0,))
-    v = V.gaussian_verdict(g, rel_tol=0.1)
+    v = V.gaussian_verdict(g)
     assert v["all_hold"], v
     assert v["trend"] == "falls monotonically"
     # a wrong prediction (σ mistaken for 0.5) is caught by the same rule
     g["rows"][0]["predicted"]["scale"] = theory.optimal_scale(0.0, 1.0, 0.5)
-    assert not V.gaussian_verdict(g, rel_tol=0.1)["per_eps"][0]["holds"]
+    assert not V.gaussian_verdict(g)["per_eps"][0]["holds"]
 
 
 def test_batched_gaussian_descent_equals_one_eps_at_a_time():
     """The ε sweep trains in one batched descent; each row must be the run of its own ε alone."""
-    st = theory.GaussianSettings(n_train=500, n_test=10, steps=100, eps_sweep=(0.0, 0.3, 0.7))
+    st = replace(get_profile("smoke").theory.gaussian, n_train=500, n_test=10, steps=100, eps_sweep=(0.0, 0.3, 0.7))
     x, y = theory.gaussian_sample(st.n_train, st, torch.Generator().manual_seed(3))
     W = theory.train_gaussian(x, y, st.eps_sweep, st, seed=1)
     assert W.shape == (3, st.dim)
@@ -173,7 +177,7 @@ def test_first_order_radius_and_bisection_on_a_binary_linear_model():
     m, pred = controls.first_order_radius(lin, x, y)
     d = (lin.weight[y] - lin.weight[1 - y]).detach()
     assert torch.allclose(pred, m / d.abs().sum(1))
-    st = controls.DeepSettings(n_flip=50, flip_steps=10, bisect_iters=12, eps_max=0.4, n_calib=10)
+    st = replace(get_profile("smoke").theory.deep, n_flip=50, flip_steps=10, bisect_iters=12, eps_max=0.4, n_calib=10)
     keep = pred < 0.35  # inside the box for these inputs: exact
     true, censored = controls.bisection_radius(lin, x[keep], y[keep], st, seed=0)
     assert not censored.any()
@@ -183,17 +187,17 @@ def test_first_order_radius_and_bisection_on_a_binary_linear_model():
 def test_verdict_rules():
     from atlib.core.stats import Interval
 
-    assert V.control_verdict(Interval(0.8, 0.1, 3)) == "reproduces"
-    assert V.control_verdict(Interval(0.05, 0.1, 3)) == "no"
-    assert V.control_verdict(Interval(0.3, 0.2, 3)) == "partial"
+    assert rules.control_verdict(Interval(0.8, 0.1, 3)) == "reproduces"
+    assert rules.control_verdict(Interval(0.05, 0.1, 3)) == "no"
+    assert rules.control_verdict(Interval(0.3, 0.2, 3)) == "partial"
     std = [{"worst": 0.1}, {"worst": 0.2}]
     at = [{"worst": 0.6}, {"worst": 0.7}]
-    iv = V.gap_closed([{"worst": 0.35}, {"worst": 0.45}], std, at)
+    iv = rules.gap_closed([{"worst": 0.35}, {"worst": 0.45}], std, at)
     assert iv.mean == pytest.approx(0.5)
     ss = [{"spearman": 0.9, "median_ratio": 1.1}, {"spearman": 0.92, "median_ratio": 1.2}]
-    v = V.flip_verdict(ss)
+    v = rules.flip_verdict(ss)
     assert v["ranks_well"] and v["calibrated"]
-    assert not V.flip_verdict([{"spearman": 0.2, "median_ratio": 3.0}] * 2)["ranks_well"]
+    assert not rules.flip_verdict([{"spearman": 0.2, "median_ratio": 3.0}] * 2)["ranks_well"]
 
 
 def test_epsilon_slider_redraws():

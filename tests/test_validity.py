@@ -10,8 +10,8 @@ from atlib.core.attacks import AttackConfig
 from atlib.core.models import build_model
 from atlib.core.runtime import seed_everything
 from atlib.studies import validity
-from atlib.studies.profiles import ModelSpec
-from atlib.studies.shrinkage.rules import GATES, model_gates
+from atlib.studies.shrinkage.rules import RULE
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage.runs import ModelRun
 from atlib.studies.verdict import Verdict
 from atlib.training import train as tr
@@ -24,29 +24,29 @@ def onehot(labels: torch.Tensor, scale: float = 5.0) -> torch.Tensor:
 
 
 def test_a_good_model_passes_and_planted_broken_models_fail():
-    good = validity.learned("good", onehot(LABELS) + 0.1 * torch.randn(1000, 10), LABELS, GATES.learned_margin)
+    good = validity.learned("good", onehot(LABELS) + 0.1 * torch.randn(1000, 10), LABELS, RULE.learned_margin)
     assert good.passed and "100.0%" in good.reason
-    constant = validity.learned("constant", torch.zeros(1000, 10), LABELS, GATES.learned_margin)
+    constant = validity.learned("constant", torch.zeros(1000, 10), LABELS, RULE.learned_margin)
     assert not constant.passed and "1 predicted class" in constant.reason and "constant logits" in constant.reason
     rand = validity.learned("random", torch.randn(1000, 10, generator=torch.Generator().manual_seed(0)), LABELS,
-                            GATES.learned_margin)
+                            RULE.learned_margin)
     assert not rand.passed  # ~10% correct, ten classes predicted: only the accuracy margin catches it
     # a constant *prediction* with varying logits (the collapse a model falls into): one class, 10% correct
     collapsed = torch.randn(1000, 10) * 0.01 + torch.tensor([1.0] + [0.0] * 9)
-    assert not validity.learned("collapsed", collapsed, LABELS, GATES.learned_margin).passed
+    assert not validity.learned("collapsed", collapsed, LABELS, RULE.learned_margin).passed
 
 
 def test_the_margin_is_over_the_constant_predictor_not_over_one_over_k():
     labels = torch.cat([torch.zeros(600, dtype=torch.long), torch.arange(400) % 9 + 1])  # class 0 is 60%
     always_zero = onehot(torch.zeros(1000, dtype=torch.long)) + 0.01 * torch.randn(1000, 10)
-    gate = validity.learned("always_zero", always_zero, labels, GATES.learned_margin)
+    gate = validity.learned("always_zero", always_zero, labels, RULE.learned_margin)
     assert validity.constant_accuracy(labels) == 0.6
     assert not gate.passed  # 60% correct, far above 1/K + 10 pp, yet it learned nothing
 
 
 def test_robust_gate_and_gated_outcome():
-    assert validity.robust("at", 0.72, 0.01, GATES.robust_margin).passed
-    weak = validity.robust("at", 0.106, 0.02, GATES.robust_margin)
+    assert validity.robust("at", 0.72, 0.01, RULE.robust_margin).passed
+    weak = validity.robust("at", 0.106, 0.02, RULE.robust_margin)
     assert not weak.passed and "10.6%" in weak.reason
     ok = validity.gated(Verdict.SUPPORTED, [validity.robust("at", 0.72, 0.01, 0.1)])
     assert ok["outcome"] == Verdict.SUPPORTED and ok["valid"]
@@ -67,19 +67,19 @@ def test_model_gates_flag_a_collapsed_main_at_model():
     std, at = ModelSpec("standard"), ModelSpec("at", "linf", 0.3)
     runs = [fake_run(std, s, onehot(LABELS), 0.0) for s in (0, 1)]
     healthy = runs + [fake_run(at, s, onehot(LABELS), 0.7) for s in (0, 1)]
-    assert all(g.passed for g in model_gates(healthy, (std, at), at))
+    assert all(g.passed for g in RULE.model_gates(healthy, (std, at), at))
     # issue 25's MNIST run: every main AT model at 10.6% clean and robust, one class predicted
     constant = torch.tensor([[1.0] + [0.0] * 9]).repeat(1000, 1)
     broken = runs + [fake_run(at, s, constant, 0.106) for s in (0, 1)]
-    gates = model_gates(broken, (std, at), at)
+    gates = RULE.model_gates(broken, (std, at), at)
     bad = validity.failed(gates)
     assert {g.name for g in bad} == {"learned: at_linf_0.3_s0", "learned: at_linf_0.3_s1",
                                      "robust: at_linf_0.3_s0", "robust: at_linf_0.3_s1"}
 
 
 def test_gate_text_states_the_thresholds_written_once():
-    text = GATES.text()
-    assert f"{100 * GATES.learned_margin:g} pp" in text and f"{100 * GATES.robust_margin:g} pp" in text
+    text = RULE.text("gates")
+    assert f"{100 * RULE.learned_margin:g} pp" in text and f"{100 * RULE.robust_margin:g} pp" in text
 
 
 # ---------------------------------------------------------------- the ε fade-in
@@ -136,6 +136,6 @@ def test_large_eps_at_collapses_without_fadein_and_learns_with_it():
         cfg = tr.TrainConfig(8, 128, 0.05, attack=AttackConfig.madry("linf", 0.3, 5, keep_best=False),
                              eps_fadein_epochs=fadein)
         tr.train(model, d.train_x, d.train_y, cfg, seed=0, progress=False)
-        gates[fadein] = validity.learned(f"fadein{fadein}", tr.predict(model, x), y, GATES.learned_margin)
+        gates[fadein] = validity.learned(f"fadein{fadein}", tr.predict(model, x), y, RULE.learned_margin)
     assert not gates[0].passed and "1 predicted class" in gates[0].reason, gates[0]
     assert gates[3].passed, gates[3]

@@ -2,9 +2,10 @@
 
 Reads ``summary.json`` dicts (one per profile that has been run) and never recomputes an experiment: each
 chapter already applied its own rule, fixed before its numbers, and wrote the outcome to its section.
-The ledger shows the statistic with its interval and maps the chapter's outcome onto one vocabulary,
-by the rules in ``RULES`` (printed on the ledger page above the table). A missing section, or one
-written by an older version of its chapter, gives ``not run`` with the reason, never an exception.
+The ledger shows the statistic with its interval and maps the chapter's outcome onto one vocabulary by the
+study's rule object (``atlib.studies.<study>.rule``: its text, its ledger mapping), printed on the ledger page above
+the table; nothing here restates a rule. A missing section, or one written by an older version of its chapter,
+gives ``not run`` with the reason, never an exception.
 """
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from atlib.studies.verdict import LEDGER as VERDICTS, Verdict
+from atlib.core import stats
+from atlib.studies import confidence, distillation, shrinkage
+from atlib.studies.rule import book_level
+from atlib.studies.verdict import LEDGER as VERDICTS
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_RUN, INVALID = VERDICTS  # the ledger's verdicts
 
@@ -33,16 +37,25 @@ class Entry:
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of the paper, where its evidence lives, and how the ledger judges it."""
+    """A claim of the paper, where its evidence lives, and how the ledger judges it (its statistic and rule in words
+    come from the study's rule object, read each time the page is written)."""
 
     key: str
     title: str
     statement: str
     chapter: str
     section: str  # top-level key of summary.json
-    statistic: str
-    rule: str
+    stating: Callable[[], str]  # the statistic in words
+    ruling: Callable[[], str]  # the rule in words
     judge: Callable[[Mapping[str, Any]], Entry]
+
+    @property
+    def statistic(self) -> str:
+        return self.stating()
+
+    @property
+    def rule(self) -> str:
+        return self.ruling()
 
 
 def interval(d: Mapping[str, Any], scale: float = 1.0, unit: str = "", n_key: str = "n", what: str = "seeds",
@@ -63,33 +76,21 @@ def _missing(key: str, why: str) -> Entry:
 
 
 # ------------------------------------------------------------------------------------------------ claim 1
-SHRINK_STATS = {"mean_logit_gap": "Δ logit gap", "mean_max_logit": "Δ max logit"}
-
-
 def judge_shrinkage(s: Mapping[str, Any]) -> Entry:
-    sec = s.get("shrinkage")
+    sec, rule = s.get("shrinkage"), shrinkage.rule
     if not sec:
         return _missing("shrinkage", "no `shrinkage` section (chapter 02 not run)")
     try:
         clean = sec["clean"]
-        values = {label: interval(clean[k]["paired_diff"]) for k, label in SHRINK_STATS.items()}
-        values["Δ centred max logit (reference)"] = interval(clean["mean_centred_max_logit"]["paired_diff"])
-        shrinks = {k: bool(clean[k]["shrinks"]) for k in SHRINK_STATS}
-        grows = {k: bool(clean[k]["grows"]) for k in SHRINK_STATS}
+        values = {label: interval(clean[k]["paired_diff"]) for k, label in rule.claim_stats.items()}
+        values[f"Δ {stats.stat_label(rule.reference)} (reference)"] = interval(clean[rule.reference]["paired_diff"])
+        outcome, why = rule.claim(clean)
     except (KeyError, TypeError, ValueError) as e:
         return _missing("shrinkage", f"the `shrinkage` section lacks {e} (written by an older chapter 02?)")
-    if any(grows.values()):
-        return Entry("shrinkage", NOT_SUPPORTED, "AT raises " + " and ".join(
-            SHRINK_STATS[k].removeprefix("Δ ") for k, g in grows.items() if g) + " (interval above 0)", values)
-    if all(shrinks.values()):
-        return Entry("shrinkage", SUPPORTED, "both intervals lie below 0", values)
-    return Entry("shrinkage", INCONCLUSIVE, "not both intervals lie below 0, neither above", values)
+    return Entry("shrinkage", rule.ledger_verdict(outcome), why, values)
 
 
 # ------------------------------------------------------------------------------------------------ claim 2
-CONFIDENCE_MAP = {Verdict.SUPPORTED: SUPPORTED, Verdict.NOT_SUPPORTED: NOT_SUPPORTED,
-                  Verdict.NOT_SEPARATED: INCONCLUSIVE, Verdict.INCONCLUSIVE: INCONCLUSIVE,
-                  Verdict.UNDECIDED: INCONCLUSIVE}
 CONFIDENCE_ROWS = {"std_vs_at": "ρ std vs AT", "std_vs_std": "ρ std vs std (null)", "at_vs_at": "ρ AT vs AT (null)",
                    "std_vs_matched": "ρ std vs matched", "matched_vs_matched": "ρ matched vs matched (null)",
                    "std_at_minus_std_matched": "Δ = ρ(std, AT) − ρ(std, matched)"}
@@ -106,40 +107,38 @@ def judge_confidence(s: Mapping[str, Any]) -> Entry:
         outcome = sec["verdict"]["outcome"]
     except (KeyError, TypeError, ValueError) as e:
         return _missing("confidence", f"the `confidence` section lacks {e} (written by an older chapter 03?)")
-    if outcome not in CONFIDENCE_MAP:
+    verdict = confidence.rule.ledger_verdict(outcome)
+    if verdict is None:
         return _missing("confidence", f"chapter 03's outcome {outcome!r} is not one this ledger knows")
-    return Entry("confidence", CONFIDENCE_MAP[outcome], f"chapter 03's rule: {outcome}", values)
+    return Entry("confidence", verdict, f"chapter 03's rule: {outcome}", values)
 
 
 # ------------------------------------------------------------------------------------------------ claim 3
-DISTILL_MAP = {Verdict.SUPPORTED: SUPPORTED, Verdict.NOT_SUPPORTED: NOT_SUPPORTED, Verdict.INCONCLUSIVE: INCONCLUSIVE}
-DECISIVE_PART = {"B": "class_permuted_nonmax", "C": "uniform_confidence"}  # chapter 04's decisive ablations
-
-
 def _pp(d: Mapping[str, Any]) -> str:
     """A chapter 04 difference (fractions) in pp, one decimal throughout, with its interval's level."""
-    level = d.get("level", 0.95)
-    return interval(d, 100, " pp", decimals=1) + ("" if abs(level - 0.95) < 1e-9 else f" at {100 * level:.1f}%")
+    level = d.get("level", 1 - distillation.rule.alpha)
+    return interval(d, 100, " pp", decimals=1) + ("" if abs(level - (1 - distillation.rule.alpha)) < 1e-9
+                                                  else f" at {100 * level:.1f}%")
 
 
 def _distill_values(T: str, v: Mapping[str, Any]) -> dict[str, str]:
     """The statistics that decided claim 3 at T (chapter 04's ``decided_by``): A's, or the decisive ablations'."""
-    out = {}
+    r, out = distillation.rule, {}
     for part in v["decided_by"]:
         if part == "A":
-            out[f"T={T}: D = full − standard_teacher"] = _pp(v["D"])
-            out[f"T={T}: full − hard_labels"] = _pp(v["A"]["full_minus_hard_labels"])
+            out[f"T={T}: D = {r.full} − {r.baseline}"] = _pp(v["D"])
+            out[f"T={T}: {r.full} − {r.hard}"] = _pp(v["A"]["full_minus_hard_labels"])
             out[f"T={T}: E (refutation bound)"] = f"{100 * v['E']:+.1f} pp"
         else:
-            name = DECISIVE_PART[part]
+            name = r.part_ablation(part)
             e = v["decisive"][name]
-            out[f"T={T}: {name} − full ({e['outcome']})"] = _pp(e["delta"])
-            out[f"T={T}: c = {name} − (full + b)/2"] = _pp(e["c"])
+            out[f"T={T}: {name} − {r.full} ({e['outcome']})"] = _pp(e["delta"])
+            out[f"T={T}: c = {name} − ({r.full} + b)/2"] = _pp(e["c"])
     return out
 
 
 def judge_distillation(s: Mapping[str, Any]) -> Entry:
-    sec = s.get("distillation")
+    sec, rule = s.get("distillation"), distillation.rule
     if not sec:
         return _missing("distillation", "no `distillation` section (chapter 04 not run)")
     try:
@@ -151,55 +150,55 @@ def judge_distillation(s: Mapping[str, Any]) -> Entry:
         parts = {T: f"A {v['A']['outcome']}, B {v['B']}, C {v['C']}" for T, v in by_T.items()}
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         return _missing("distillation", f"the `distillation` section lacks {e} (written by an older chapter 04?)")
-    unknown = sorted(set(outcomes.values()) - set(DISTILL_MAP))
+    unknown = sorted(o for o in set(outcomes.values()) if rule.ledger_verdict(o) is None)
     if not outcomes or unknown:
         return _missing("distillation", f"chapter 04's outcomes {unknown or 'are empty'} are not ones this ledger knows")
-    mapped = {T: DISTILL_MAP[o] for T, o in outcomes.items()}
+    verdict, how = rule.across_temperatures({T: rule.ledger_verdict(o) for T, o in outcomes.items()})
     why = "; ".join(f"T={T}: {o} ({parts[T]})" for T, o in outcomes.items())
-    if all(m == SUPPORTED for m in mapped.values()):
-        return Entry("distillation", SUPPORTED, f"supported at every temperature ({why})", values)
-    if all(m == NOT_SUPPORTED for m in mapped.values()):
-        return Entry("distillation", NOT_SUPPORTED, f"not supported at any temperature ({why})", values)
-    return Entry("distillation", INCONCLUSIVE, f"mixed or inconclusive across temperatures ({why})", values)
+    return Entry("distillation", verdict, f"{how} ({why})", values)
 
 
 # -------------------------------------------------------------------------------------------- the claims
+def _level() -> str:
+    return f"{1 - distillation.rule.alpha:.0%}"
+
+
+def _statistic_1() -> str:
+    r = shrinkage.rule
+    return (f"Seed-paired difference main L∞-AT model − standard model (same seed) of the "
+            f"{' and of the '.join(stats.stat_label(k) for k in r.claim_stats)} on clean test inputs; mean with a "
+            f"{r.terms()['level']} Student-t interval over seeds.")
+
+
+def _statistic_3() -> str:
+    r = distillation.rule
+    return ("Worst-case robust accuracy (PGD-CE, PGD-margin, APGD-CE, APGD-DLR) of students distilled on clean "
+            f"inputs, at each distillation temperature T, seed-paired: D = {r.full} − {r.baseline} student and "
+            f"{r.full} − {r.hard} student ({_level()} Student-t intervals), and for the {len(r.decisive)} decisive "
+            f"ablations ({', '.join(r.decisive)}) the difference from {r.full} and the contrast c = a − ({r.full} + "
+            f"b)/2 (Bonferroni-adjusted intervals, {r.terms()['bonf_level']}). The cell quotes the statistics that "
+            "decided the verdict.")
+
+
 CLAIMS: dict[str, Claim] = {c.key: c for c in (
     Claim("shrinkage", "1. Shrinkage",
           "Adversarial training lowers, on average, the max logit and the logit gap.",
-          "02_training", "shrinkage",
-          "Seed-paired difference main L∞-AT model − standard model (same seed) of the mean max logit and of the "
-          "mean logit gap on clean test inputs; mean with a 95% Student-t interval over seeds.",
-          "**supported** if both intervals lie entirely below 0; **not supported** if either lies entirely "
-          "above 0 (AT raises it); **inconclusive** otherwise, including a single seed. The centred max logit "
-          "(the shift-invariant version, see chapter 01) is shown for reference and does not enter the verdict.",
-          judge_shrinkage),
+          "02_training", "shrinkage", _statistic_1, lambda: shrinkage.rule.text("claim"), judge_shrinkage),
     Claim("confidence", "2. Confidence differences",
           "Standard and AT models differ significantly in which samples are confident.",
           "03_confidence", "confidence",
-          "Spearman's ρ between two models' per-sample confidence (top-class log-odds) on the whole test set, "
-          "mean with a 95% Student-t interval over units in which each model appears once: standard vs AT "
-          "against the seed-to-seed nulls, and against standard models trained to convergence on fewer images "
-          "to AT's clean accuracy (the matched control).",
-          "chapter 03's rule, fixed before its numbers, mapped: its *supported* ((a) std vs AT below both nulls, "
-          "(c) a matched control whose own null lies above std vs AT, (b) Δ = ρ(std, AT) − ρ(std, matched) below "
-          "0) → **supported**; its *not supported* ((a) fails) → **not supported**; its *inconclusive* ((c) "
-          "fails), *not separated from accuracy* ((b) fails) and *undecided* (an interval on fewer than two "
-          "units) → **inconclusive**.",
+          lambda: ("Spearman's ρ between two models' per-sample confidence (top-class log-odds) on the whole test set, "
+                   f"mean with a {book_level()} Student-t interval over units in which each model "
+                   "appears once: standard vs AT against the seed-to-seed nulls, and against standard models trained "
+                   "to convergence on fewer images to AT's clean accuracy (the matched control)."),
+          lambda: f"chapter 03's rule, fixed before its numbers, mapped: {confidence.rule.ledger_text()}.",
           judge_confidence),
     Claim("distillation", "3. Distillation",
           "Some robustness distils from an AT teacher on clean inputs, and the teacher's information about the "
           "incorrect classes (and its sample-wise confidence) is essential to it.",
-          "04_distillation", "distillation",
-          "Worst-case robust accuracy (PGD-CE, PGD-margin, APGD-CE, APGD-DLR) of students distilled on clean "
-          "inputs, at each distillation temperature T, seed-paired: D = full − standard-teacher student and "
-          "full − hard-label student (95% Student-t intervals), and for the two decisive ablations the "
-          "difference from full and the contrast c = a − (full + b)/2 (Bonferroni-adjusted intervals). The "
-          "cell quotes the statistics that decided the verdict.",
-          "chapter 04's rule, fixed before its numbers, gives per T *supported*, *not supported* (A refuted, or B "
-          "or C contradicted) or *inconclusive* (A undecided, or B/C inconclusive); they map one to one. Across "
-          "temperatures: **supported** if supported at every T, **not supported** if not supported at every T, "
-          "**inconclusive** otherwise.",
+          "04_distillation", "distillation", _statistic_3,
+          lambda: (f"chapter 04's rule, fixed before its numbers, gives per T {distillation.rule.ledger_text()}. "
+                   f"{distillation.rule.text('across')}"),
           judge_distillation),
 )}
 
@@ -253,7 +252,7 @@ def ledger_markdown(summaries: Mapping[str, Mapping[str, Any]], origins: Mapping
             cells.append(f"**{e.verdict}**" + (f" — {first[0]} {first[1]}" if first else f" — {e.reason}"))
         out.append(f"| **{c.title}** | " + " | ".join(_cell(x) for x in cells) + " |")
     out += ["", "## The numbers behind each verdict", "",
-            "Mean [95% interval] (replicates) of every statistic a verdict rests on.", ""]
+            f"Mean [{book_level()} interval] (replicates) of every statistic a verdict rests on.", ""]
     for c in CLAIMS.values():
         rows: list[str] = []
         for p in summaries:

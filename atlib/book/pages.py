@@ -26,7 +26,7 @@ from atlib.book import claims
 REPO = Path(__file__).resolve().parents[2]
 PAGES = REPO / "pages"  # hand-written pages (intro, references), copied into every output folder
 RESULTS = REPO / "results"  # results/<profile>/summary.json: the committed summary of each profile
-GENERATED = {"claims": "claims.md"}  # toc entries the runner writes itself
+GENERATED = {"claims": "claims.md", "knobs": "knobs.md"}  # toc entries the runner writes itself (the ledger, knobs)
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 FOLD_EXEMPT = {"hide-input", "hide-cell", "remove-input", "remove-cell", "hide-output"}
 

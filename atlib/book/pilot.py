@@ -2,12 +2,12 @@
 
 For every seed it trains (or loads) chapter 02's standard and main AT models and chapter 03's accuracy-matched
 standard models at the profile's schedule and at twice its epochs (the matched models: twice their SGD steps),
-and compares seed means. The profile **converges** when doubling moves the standard and the matched models'
-clean accuracy (whole test set) by less than 1 pp and the main AT model's robust accuracy (the evaluation subset,
-PGD with the CE and with the margin loss) by less than 2 pp, and doubling chapter 04's student epochs moves the
-``full`` students' worst-case robust accuracy (at each distillation T, every seed) by less than 2 pp, and no model
-fails a validity gate (:mod:`atlib.studies.validity`: a collapsed model is never "converged", whatever its
-deltas: a constant predictor's accuracy does not move when its epochs double). The schedule-E models are the book's own (same cache
+and compares seed means. The profile **converges** when doubling moves each seed mean by less than its limit in
+chapter 02's rule object (``atlib.studies.shrinkage.rules.RULE``: the standard and matched models' clean accuracy,
+the main AT model's robust accuracy under PGD-CE and PGD-margin, and, with chapter 04's student epochs doubled, the
+full students' worst-case robust accuracy at each distillation T), and no model fails a validity gate
+(:mod:`atlib.studies.validity`: a collapsed model is never "converged", whatever its deltas: a constant
+predictor's accuracy does not move when its epochs double). The schedule's models are the book's own (same cache
 keys), so a pilot run first leaves the book warm. The result goes to ``results/<profile>/pilot_convergence.json``,
 which chapter 02 quotes; the book never re-runs the pilot.
 """
@@ -25,11 +25,12 @@ from atlib.core import stats
 from atlib.studies import context as cx
 from atlib.studies.confidence import matched as mc
 from atlib.studies.distillation import runs as dr
-from atlib.studies.profiles import ModelSpec, Profile, get_profile
+from atlib.studies.profiles import Profile, get_profile
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as ex
 from atlib.studies import validity
 from atlib.studies.shrinkage.convergence import criteria, schedule, student_key
-from atlib.studies.shrinkage.rules import GATES, model_gates
+from atlib.studies.shrinkage.rules import RULE
 from atlib.training import train
 
 FILENAME = "pilot_convergence.json"
@@ -51,7 +52,7 @@ def _main_models(ctx: cx.Context, progress: bool) -> tuple[dict[str, list[float]
     runs = ex.training_runs(ctx, (standard, p.main_at), progress=progress)
     std = [r for r in runs if r.spec == standard]
     at = [r for r in runs if r.spec == p.main_at]
-    gates = model_gates(runs, (standard, p.main_at), p.main_at)
+    gates = RULE.model_gates(runs, (standard, p.main_at), p.main_at)
     return {"standard_clean": [stats.accuracy(train.predict(r.model, x), y) for r in std],
             "at_clean": [stats.accuracy(train.predict(r.model, x), y) for r in at],
             "at_robust_linf_ce": [r.acc("linf_ce") for r in at],
@@ -63,7 +64,7 @@ def _matched(ctx: cx.Context, n: int, progress: bool) -> tuple[list[float], list
     cx.fill(ctx, [(mc.matched_model, (n, s)) for s in ctx.profile.seeds], f"matched control, n = {n}", progress)
     x, y = ctx.data.test_x, ctx.data.test_y.cpu()
     z = {s: train.predict(mc.matched_model(ctx, n, s), x) for s in ctx.profile.seeds}
-    gates = [validity.learned(f"matched_n{n}_s{s}", z[s], y, GATES.learned_margin) for s in z]
+    gates = [validity.learned(f"matched_n{n}_s{s}", z[s], y, RULE.learned_margin) for s in z]
     return [stats.accuracy(z[s], y) for s in z], gates
 
 

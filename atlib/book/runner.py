@@ -27,11 +27,11 @@ from typing import Any
 
 import yaml
 
-from atlib.book import claims, pages
+from atlib.book import claims, knobs, pages
 from atlib.book.progress import ChapterProgress
 from atlib.core.data import check_data_root
 from atlib.core.runtime import device_name, pick_device
-from atlib.studies.profiles import DEFAULT_PROFILE, Profile, PROFILES, get_profile, profile_toml
+from atlib.studies.profiles import DEFAULT_PROFILE, Profile, PROFILES, get_profile, load_profile, profile_toml
 from atlib.training import executor as engines
 from atlib.training import pool
 
@@ -366,6 +366,7 @@ def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None
                                       "settings": asdict(p)})
     print(f"summary: {summary}", flush=True)
     pages.write_ledger(out_dir, json.loads(summary.read_text()), tuple(PROFILES))
+    knobs.write_knob_sheet(out_dir, p)
     if html:
         tb = time.perf_counter()
         print("building HTML (jupyter-book, warnings are errors) ...", end=" ", flush=True)
@@ -388,4 +389,6 @@ def render_book(out: str | os.PathLike | None = None) -> Path:
     pages.copy_pages(out_dir)
     current = out_dir / "summary.json"
     pages.write_ledger(out_dir, json.loads(current.read_text()) if current.exists() else None, tuple(PROFILES))
+    settings = out_dir / "profile.toml"  # the resolved profile the book was executed for (run_book writes it)
+    knobs.write_knob_sheet(out_dir, load_profile(settings) if settings.exists() else get_profile(DEFAULT_PROFILE))
     return build_html(out_dir)

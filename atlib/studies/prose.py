@@ -14,6 +14,7 @@ from IPython.display import Markdown
 from atlib.core import stats
 from atlib.core.runtime import device_name
 from atlib.studies.context import Context
+from atlib.studies.rule import Rule, book_level
 
 
 def glue(name: str, value: Any) -> None:
@@ -60,9 +61,45 @@ def _flush_echo(*_: Any) -> None:
     _ECHOED.clear()
 
 
+class Term:
+    """A glued value that pastes as plain text (``{glue:text}``) and as MyST Markdown (``{glue:md}`name:myst```):
+    a rule's term such as an ablation's name, which the Markdown shows as code."""
+
+    def __init__(self, markdown: str):
+        self.markdown = markdown
+
+    def __repr__(self) -> str:  # text/plain: a string literal, which myst-nb's glue:text unquotes
+        return repr(self.markdown.replace("`", ""))
+
+    def _repr_markdown_(self) -> str:
+        return self.markdown
+
+
+def glue_md(name: str, markdown: str | Term) -> None:
+    """Make MyST Markdown quotable in the chapter's prose: inline as ``{glue:md}`name:myst```, or as a block with the
+    ``{glue:md}`` directive and ``:format: myst`` (a rule's text, a list)."""
+    from IPython.display import Markdown as _Markdown
+    from myst_nb import glue as _glue
+
+    _glue(name, markdown if isinstance(markdown, Term) else _Markdown(markdown), display=False)
+    if os.environ.get("ATBOOK_BUILD") != "1":
+        text = markdown.markdown if isinstance(markdown, Term) else markdown
+        _echo(f"{name} = {text[:80]}")
+
+
+def glue_rule(rule: Rule) -> None:
+    """Glue a study's rule object for the chapter's prose: each part of its text as ``rule_<part>`` (Markdown, see
+    :func:`glue_md`) and each term its text quotes under the term's name (as a :class:`Term`, for ``{glue:text}`` or
+    ``{glue:md}``). The chapter never restates a rule, a threshold or an ablation name: it glues them from here."""
+    for part in rule.TEXT:
+        glue_md(f"rule_{part}", rule.text(part))
+    for name, value in rule.terms().items():
+        glue_md(name, Term(value))
+
+
 def ci_label() -> str:
     """The confidence level of every interval in the book (``stats.mean_ci``'s default), e.g. "95%"."""
-    return f"{inspect.signature(stats.mean_ci).parameters['level'].default:.0%}"
+    return book_level()
 
 
 def t_factor(n: int, level: float | None = None) -> float:

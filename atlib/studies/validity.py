@@ -2,8 +2,9 @@
 
 A rule reads models; before it decides, each model it reads passes its gates or the verdict is **invalid**, with
 the failed gates as its reason (never supported / not supported / inconclusive). The gates are pure functions of
-a model's predictions and accuracies; their thresholds are not here but in the rule objects that use them
-(:data:`atlib.studies.shrinkage.rules.GATES`, written once and shared by every chapter that reads chapter 02's models).
+a model's predictions and accuracies; their thresholds are not here but in a rule object (chapter 02's,
+:data:`atlib.studies.shrinkage.rules.RULE`, which trains the models: ``learned_margin`` and ``robust_margin``, each
+with its reason, written once and used by every chapter that reads a model).
 
 Why a margin above the *constant predictor* rather than above 1/K: a model that always answers the evaluation
 set's most frequent class scores that class's share, which on a small or unbalanced evaluation set is above 1/K.
@@ -19,26 +20,6 @@ import torch
 from atlib.studies.verdict import Verdict
 
 Tensor = torch.Tensor
-
-
-@dataclass(frozen=True)
-class ModelGates:
-    """The thresholds of the model gates, each with why it has its value (printed in the book's knob sheet)."""
-
-    learned_margin: float  # clean accuracy must exceed the best constant predictor's by this (0–1)
-    learned_why: str
-    robust_margin: float  # main AT's robust accuracy must exceed the standard models' and a constant's by this
-    robust_why: str
-
-    def text(self) -> str:
-        """The gates as the chapters state them, before any number."""
-        return (f"**Validity gates** (checked before the rule; any failure makes the verdict **invalid** with its "
-                f"reason): every model the rule reads *learned* — its clean accuracy exceeds the best constant "
-                f"predictor's on the same images (the largest class's share) by at least "
-                f"{100 * self.learned_margin:g} pp ({self.learned_why}), it predicts more than one class and its "
-                f"logits are not all equal; and every main AT model is *robust* — its robust accuracy under the "
-                f"profile's L∞ PGD-CE evaluation attack exceeds both the standard models' mean and the constant "
-                f"predictor's accuracy by at least {100 * self.robust_margin:g} pp ({self.robust_why}).")
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The outcomes a pre-registered rule can give, one vocabulary for the chapters and the claims ledger.
 
-A chapter's rule (``studies/<chapter>/rules.py`` or its runs) writes one of these to ``summary.json``; the
-ledger (:mod:`atlib.book.claims`) maps it onto the four ledger verdicts. A ``StrEnum``: each member is its string,
+A chapter's rule object (``studies/<chapter>/rules.py``, :mod:`atlib.studies.rule`) writes one of these to
+``summary.json``; its ``LEDGER`` maps it onto the ledger's four verdicts (:mod:`atlib.book.claims`). A ``StrEnum``: each member is its string,
 so summaries stay plain JSON and read back as the same values.
 """
 from __future__ import annotations

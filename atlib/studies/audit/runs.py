@@ -5,10 +5,8 @@ torchattacks' PGD (L∞) / PGDL2 with the same ε, steps and step size, and torc
 cross-entropy and the DLR loss (the two untargeted attacks of AutoAttack). A sample counts as robust
 only if it survives *every* attack (per-sample minimum): that is the **worst-case robust accuracy**.
 
-Flags (the rules are fixed here, before any number is seen; the chapter states them in prose):
-
-- ``pgd_ce_vs_torchattacks``: atlib PGD-CE accuracy > torchattacks PGD accuracy + 1 pp;
-- ``pgd_ce_vs_apgd`` / ``pgd_margin_vs_apgd``: an atlib PGD accuracy > min(APGD-CE, APGD-DLR) + 2 pp.
+Flags (``pgd_ce_vs_torchattacks``, ``pgd_ce_vs_apgd``, ``pgd_margin_vs_apgd``) follow the audit's rule object,
+:data:`atlib.studies.audit.rules.RULE`, fixed before any number was seen (the chapter glues its text).
 
 Gradient-masking checks run on a smaller fixed subset, one model per kind; their rules and noise
 threshold live in :mod:`atlib.training.masking`.
@@ -31,12 +29,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atlib.core.attacks import AttackConfig
-from atlib.core.oracles import _torchattacks, oracle, run_oracle, torchattacks_version  # noqa: F401 (re-exported)
+from atlib.core.oracles import run_oracle, torchattacks_version
 from atlib.training import evaluate
-from atlib.training.masking import CHANCE_EPS, masking_checks, noise_threshold, same_family  # noqa: F401 (re-exported)
+from atlib.training.masking import masking_checks
 from atlib.core.runtime import progress_default
 from atlib.core.store import Store, artifact_key, code_version_of, model_hash, tensor_hash
-from atlib.studies.audit.rules import attack_flags
+from atlib.studies.audit import rules
 from atlib.studies.audit.settings import AuditSettings
 from atlib.training.train import correct
 
@@ -130,7 +128,7 @@ def audit_model(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, se
     robust = payload["robust"]
     robust["worst_case"] = worst_case({k: v for k, v in robust.items()})
     acc = {k: float(v.float().mean()) for k, v in robust.items()}
-    return {"robust": robust, "acc": acc, "flags": attack_flags(acc), "n": len(y), "cached": hit}
+    return {"robust": robust, "acc": acc, "flags": rules.RULE.flags(acc), "n": len(y), "cached": hit}
 
 
 # ---------------------------------------------------------------- a list of models

@@ -13,15 +13,15 @@ class AuditSettings:
     main_subset: int | None  # samples of the main table: the first N of the evaluation subset (None: all)
     masking_subset: int  # the first N of those for the masking checks
     apgd_steps: int  # iterations of APGD-CE and APGD-DLR (AutoAttack uses 100)
-    apgd_restarts: int = 1
-    linf_grid: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, CHANCE_EPS)  # masking sweep, must end at 0.5
-    sweep_steps: int = 20  # PGD-CE steps at each ε of the sweep (step 2.5·ε/steps)
-    few_steps: int = 10
-    many_steps: int = 50
-    restarts: int = 5  # random restarts of PGD-few in the restart check
-    diagnose_max: int = 3  # flagged models (at most) whose gap to APGD is diagnosed
-    student_seeds: int | None = None  # chapter 04's students of the first N seeds are audited (None: all)
-    batch_size: int = 500
+    apgd_restarts: int  # restarts of APGD-CE and APGD-DLR
+    linf_grid: tuple[float, ...]  # masking sweep, must end at 0.5 (where every [0, 1] image reaches grey)
+    sweep_steps: int  # PGD-CE steps at each ε of the sweep
+    few_steps: int  # PGD-few of the more-steps and restart checks
+    many_steps: int  # PGD-many of the more-steps check
+    restarts: int  # random restarts of PGD-few in the restart check
+    diagnose_max: int  # flagged models (at most) whose gap to APGD is diagnosed
+    student_seeds: int | None  # chapter 04's students of the first N seeds are audited (None: all)
+    batch_size: int  # samples per attack batch
 
     def __post_init__(self) -> None:
         if self.main_subset is not None and self.main_subset < 1:

@@ -16,9 +16,12 @@ from torch import nn
 
 from atlib.core import attacks, stats
 from atlib.core.attacks import AttackConfig
-from atlib.studies.audit.rules import APGD_GAP, TORCHATTACKS_GAP
-from atlib.studies.audit.runs import (
-    ATTACKS, SCHEMA, AuditSettings, Target, _cached, correct, model_hash, student_targets, tensor_hash, torchattacks_version, training_targets)
+from atlib.studies.audit import rules
+from atlib.core.oracles import torchattacks_version
+from atlib.core.store import model_hash, tensor_hash
+from atlib.studies.audit.runs import ATTACKS, SCHEMA, Target, _cached, student_targets, training_targets
+from atlib.studies.audit.settings import AuditSettings
+from atlib.training.train import correct
 from atlib.core.store import Store
 from atlib.studies.prose import fmt
 
@@ -113,13 +116,15 @@ def quoted_vs_apgd(records: Sequence[Mapping[str, Any]], diagnoses: Mapping[str,
         for k in flagged:
             mine = rb[f"atlib_{k}"]
             up, down = int((mine & ~apgd).sum()), int((~mine & apgd).sum())
-            kind = "one-sided: a real weakness of this loss here" if down * 3 <= up else "two-sided: noise"
+            kind = ("one-sided: a real weakness of this loss here" if rules.RULE.one_sided_shortfall(up, down)
+                    else "two-sided: noise")
             parts.append(f"atlib {k.replace('pgd_', 'PGD-').replace('ce', 'CE')} leaves {up} samples robust that an "
                          f"APGD breaks, and breaks {down} that both APGD leave robust ({kind})")
         apgd_acc = float(apgd.float().mean())
         lines.append(f"- **{r['name']}**: {'; '.join(parts)}. Quoted (PGD-CE ∧ PGD-margin): {100 * both:.1f}% vs "
                      f"APGD-CE ∧ APGD-DLR {100 * apgd_acc:.1f}% → "
-                     f"{'within' if both <= apgd_acc + APGD_GAP else '**more than**'} {100 * APGD_GAP:.0f} pp"
+                     f"{'within' if both <= apgd_acc + rules.RULE.apgd_gap else '**more than**'} "
+                     f"{rules.RULE.terms()['apgd_gap']} pp"
                      + (f"; restarts {'close' if _restarts_close(diagnoses.get(r['name'])) else 'do not close'} the gap."
                         if r["name"] in diagnoses else "."))
     return "\n".join(lines)
@@ -130,7 +135,7 @@ def _variants(table: pd.DataFrame) -> tuple[float, dict[str, tuple[float, bool]]
     within the APGD margin (the rows between the two "as evaluated" ones and the APGD row)."""
     apgd = float(table.loc["min(APGD-CE, APGD-DLR)", "accuracy (%)"])
     acc = {v: float(table.loc[v, "accuracy (%)"]) for v in table.index[2:-1]}
-    return apgd, {v: (a, a <= apgd + 100 * APGD_GAP) for v, a in acc.items()}
+    return apgd, {v: (a, a <= apgd + 100 * rules.RULE.apgd_gap) for v, a in acc.items()}
 
 
 def _restarts_close(table: pd.DataFrame | None) -> bool:
@@ -138,10 +143,10 @@ def _restarts_close(table: pd.DataFrame | None) -> bool:
 
 
 def diagnosis_text(name: str, table: pd.DataFrame) -> str:
-    """Markdown: does a cosine step schedule or do restarts bring atlib's PGD within 2 pp of APGD?"""
+    """Markdown: does a cosine step schedule or do restarts bring atlib's PGD within the APGD margin?"""
     apgd, variants = _variants(table)
     return "\n".join(f"- {name}, {v}: {a:.1f}% vs APGD minimum {apgd:.1f}% → "
-                     f"{'within' if ok else '**still more than**'} {100 * APGD_GAP:.0f} pp"
+                     f"{'within' if ok else '**still more than**'} {rules.RULE.terms()['apgd_gap']} pp"
                      for v, (a, ok) in variants.items())
 
 
@@ -274,6 +279,18 @@ def section(records: Sequence[Mapping[str, Any]], settings: AuditSettings) -> di
         rs = [r for r in records if r["group"] == g]
         groups[g] = {k: stats.mean_ci([r["acc"][k] for r in rs]).as_dict() for k in ("clean", *ATTACKS, "worst_case")}
     return {"settings": asdict(settings) | {"torchattacks": torchattacks_version(),
-                                            "rules": {"torchattacks_gap": TORCHATTACKS_GAP, "apgd_gap": APGD_GAP,
+                                            "rules": {"torchattacks_gap": rules.RULE.torchattacks_gap, "apgd_gap": rules.RULE.apgd_gap,
                                                       "noise": "max(2·sqrt(p(1−p)/n), 3/n)"}},
             "models": models, "groups": groups, "flagged": [r["name"] for r in records if r["flags"]]}
+
+
+def summary(records: Sequence[Mapping[str, Any]], diagnoses: Mapping[str, pd.DataFrame],
+            student_records: Sequence[Mapping[str, Any]], student_diagnoses: Mapping[str, pd.DataFrame],
+            settings: AuditSettings) -> dict[str, Any]:
+    """Chapter 05's part of ``summary.json`` (``evaluation``): the teachers' audit with its diagnoses, and the
+    students' (:func:`section` each)."""
+    def tables(d: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+        return {name: table.to_dict(orient="index") for name, table in d.items()}
+
+    return {"evaluation": section(records, settings) | {"diagnoses": tables(diagnoses), "students": section(
+        student_records, settings) | {"diagnoses": tables(student_diagnoses)}}}

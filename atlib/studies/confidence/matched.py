@@ -26,7 +26,8 @@ import torch
 from atlib.core import data, stats
 from atlib.studies import context as cx
 from atlib.studies.confidence.settings import SELECT_ON, ConfidenceSettings
-from atlib.studies.profiles import ModelSpec, Profile
+from atlib.studies.profiles import Profile
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as ex
 from atlib.training import train
 
@@ -153,17 +154,12 @@ class MatchedControl:
     logits: dict[int, Tensor]  # seed -> (N_test, K)
     test_acc: dict[int, float]  # seed -> clean accuracy on the whole test set
     at_test_acc: dict[int, float]  # seed -> the main AT model's, same set
-    max_gap: float
 
     @property
     def gap(self) -> float:
         """Mean clean accuracy of the matched models minus that of the AT models (whole test set)."""
         return (sum(self.test_acc.values()) / len(self.test_acc)
                 - sum(self.at_test_acc.values()) / len(self.at_test_acc))
-
-    @property
-    def matched(self) -> bool:
-        return abs(self.gap) <= self.max_gap
 
     def record(self) -> dict[str, Any]:
         c = self.calibration
@@ -172,7 +168,7 @@ class MatchedControl:
                 "select_acc": {str(n): v for n, v in c.evaluated.items()}, "monotone": c.monotone,
                 "test_acc": {str(s): a for s, a in self.test_acc.items()},
                 "at_test_acc": {str(s): a for s, a in self.at_test_acc.items()},
-                "gap": self.gap, "max_gap": self.max_gap, "matched": self.matched}
+                "gap": self.gap}
 
 
 def matched_control(ctx: cx.Context, at_models: dict[int, torch.nn.Module], st: ConfidenceSettings,
@@ -184,4 +180,4 @@ def matched_control(ctx: cx.Context, at_models: dict[int, torch.nn.Module], st: 
     x, y = ctx.data.test_x, ctx.data.test_y.cpu()
     logits = {s: train.predict(matched_model(ctx, cal.n, s), x) for s in seeds}
     at_acc = {s: stats.accuracy(train.predict(m, x), y) for s, m in at_models.items()}
-    return MatchedControl(cal, logits, {s: stats.accuracy(z, y) for s, z in logits.items()}, at_acc, st.max_gap)
+    return MatchedControl(cal, logits, {s: stats.accuracy(z, y) for s, z in logits.items()}, at_acc)

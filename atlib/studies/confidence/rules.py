@@ -1,26 +1,71 @@
-"""Chapter 03's pre-registered rule for claim 2 (issue 14's rule, fixed before the numbers): (a), then (c), then (b)."""
+"""Chapter 03's pre-registered rule for claim 2 (issue 14's rule, fixed before the numbers): (a), then (c), then (b).
+
+One rule object, :data:`RULE` (:class:`ConfidenceRule`): its constant (when the accuracy-matched control counts as
+matched), its text, its decision on the interval summaries, and the ledger's reading of its outcomes.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from atlib.studies.confidence.matched import MatchedControl
 from atlib.studies.confidence.runs import DELTA, Analysis, effect_size, interval_of
+from atlib.studies.rule import Rule, const, pp
 from atlib.studies.verdict import Verdict
 
-RULE = ("Primary statistic: Spearman's ρ of the top-class log-odds over the whole test set, one value per unit, "
-        "95% Student-t interval over units in which each model appears at most once (std vs AT: std_i against "
-        "AT_(i+1); std vs matched: std_i against M_(i+2); Δ = ρ(std_i, AT_(i+1)) − ρ(std_i, M_(i+2)); each null: "
-        "the disjoint seed pairs (0,1), (2,3), (4,5)). Checked in this order: **(a)** standard and AT differ beyond "
-        "seed noise if the upper end of the ρ(std, AT) interval lies below the lower ends of both null intervals "
-        "(std vs std, AT vs AT); if not: **not supported**, nothing else checked. **(c)** The control is usable if "
-        "it is matched (its mean clean accuracy on the whole test set within {gap} pp of the AT models') and the "
-        "lower end of the matched-vs-matched null lies above the upper end of the ρ(std, AT) interval; if not: "
-        "**inconclusive**. **(b)** Not explained by accuracy if Δ's interval lies entirely below 0: **supported**; "
-        "otherwise **not separated from accuracy**. **Undecided** if an interval the rule needs rests on fewer "
-        "than two units.")
+
+@dataclass(frozen=True, kw_only=True)
+class ConfidenceRule(Rule):
+    """Claim 2: standard and AT models differ in which samples are confident, beyond seed noise and beyond what AT's
+    lower accuracy explains (an accuracy-matched control)."""
+
+    TITLE = "Claim 2: standard and AT models differ in which samples are confident"
+    CHAPTER = "03_confidence"
+    TEXT = {
+        "statistic": (
+            "Primary statistic: Spearman's ρ of the top-class log-odds over the whole test set, one value per unit, "
+            "a Student-t interval over units in which each model appears at most once (std vs AT: std$_i$ against "
+            "AT$_{{i+1}}$; std vs matched: std$_i$ against M$_{{i+2}}$; Δ = ρ(std$_i$, AT$_{{i+1}}$) − ρ(std$_i$, "
+            "M$_{{i+2}}$); each null: the disjoint seed pairs (0, 1), (2, 3), …). It is checked in this order:"),
+        "steps": (
+            "> **(a) Standard and AT differ beyond seed noise:** the upper end of the $\\rho(\\text{{std}}, "
+            "\\text{{AT}})$ interval lies below the lower ends of both null intervals (std vs std, AT vs AT). If (a) "
+            "fails: claim 2 is **not supported**, and nothing below is checked.\n>\n"
+            "> **(c) The control is usable:** it is matched (its mean clean accuracy on the whole test set within "
+            "{max_gap} pp of the AT models') and the lower end of the matched-vs-matched null interval lies above the "
+            "upper end of the $\\rho(\\text{{std}}, \\text{{AT}})$ interval (a control whose own seeds disagree as "
+            "much as std and AT do cannot separate anything). If (c) fails: **inconclusive**.\n>\n"
+            "> **(b) Not explained by accuracy:** AT reorders the standard models' confidences more than a standard "
+            "model of AT's accuracy does: the interval of $\\Delta = \\rho(\\text{{std}}, \\text{{AT}}) - "
+            "\\rho(\\text{{std}}, \\text{{matched}})$ lies entirely below zero. If (b) holds: **supported**; "
+            "otherwise: **not separated from accuracy**.\n>\n"
+            "> **Undecided** if an interval the rule needs rests on fewer than two units."),
+    }
+    OUTCOMES = {Verdict.SUPPORTED: "(a) std vs AT below both nulls, (c) a control matched within {max_gap} pp whose own "
+                                   "null lies above std vs AT, (b) Δ = ρ(std, AT) − ρ(std, matched) below 0",
+                Verdict.NOT_SUPPORTED: "(a) fails",
+                Verdict.INCONCLUSIVE: "(c) fails", Verdict.NOT_SEPARATED: "(b) fails",
+                Verdict.UNDECIDED: "an interval on fewer than two units"}
+    LEDGER = {Verdict.SUPPORTED: Verdict.SUPPORTED, Verdict.NOT_SUPPORTED: Verdict.NOT_SUPPORTED,
+              Verdict.NOT_SEPARATED: Verdict.INCONCLUSIVE, Verdict.INCONCLUSIVE: Verdict.INCONCLUSIVE,
+              Verdict.UNDECIDED: Verdict.INCONCLUSIVE}
+
+    max_gap: float = const(0.015, "(c): the control is matched if |clean acc(matched) − clean acc(AT)| ≤ this "
+                                  "(seed means, whole test set)")
+
+    def terms(self) -> dict[str, str]:
+        return {"max_gap": pp(self.max_gap)}
+
+    def matched(self, control: MatchedControl) -> bool:
+        """Whether the accuracy-matched control is matched (the first half of (c))."""
+        return abs(control.gap) <= self.max_gap
+
+    def control_record(self, control: MatchedControl) -> dict[str, Any]:
+        """The control's ``summary.json`` entry: what it is, and whether it is matched by this rule."""
+        return control.record() | {"max_gap": self.max_gap, "matched": self.matched(control)}
 
 
-def rule_text(max_gap: float) -> str:
-    return RULE.replace("{gap}", f"{100 * max_gap:g}")
+RULE = ConfidenceRule()
 
 
 def effect_sizes(an: Analysis, metric: str = "spearman") -> dict[str, float]:
@@ -64,5 +109,5 @@ def decide(c: dict[str, Any], matched: bool) -> dict[str, Any]:
 def verdict(an: Analysis, metric: str = "spearman") -> dict[str, Any]:
     """Apply the rule to the analysis' intervals."""
     c = an.correlations[metric]
-    return {"rule": rule_text(an.matched.max_gap), "metric": metric, "score": "top-class log-odds",
-            **decide(c, an.matched.matched)}
+    return {"rule": RULE.text(), "metric": metric, "score": "top-class log-odds",
+            **decide(c, RULE.matched(an.matched))}

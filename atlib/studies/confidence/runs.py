@@ -29,7 +29,7 @@ from atlib.studies import context as cx
 from atlib.studies.confidence.early import Snapshot, early_snapshots
 from atlib.studies.confidence.matched import MatchedControl, matched_control
 from atlib.studies.confidence.settings import ConfidenceSettings
-from atlib.studies.profiles import ModelSpec
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as ex
 from atlib.training import train
 

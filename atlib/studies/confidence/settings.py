@@ -15,9 +15,8 @@ class ConfidenceSettings:
     topk: tuple[int, ...]  # k of the top-k / bottom-k Jaccard overlaps
     n_show: int  # images per direction in a grid
     group_size: int  # samples per group (AT ≫ std, std ≫ AT, random) for the group measures
-    grid_min: int = 100  # smallest training-subset size n of the matched control's log grid (neighbours √2 apart)
-    calib_seeds: int = 2  # the first N seeds calibrate n (their mean selection accuracy), in parallel on 2 cores
-    max_gap: float = 0.015  # the control is matched if |clean acc(matched) − clean acc(AT)| ≤ this, full test set
+    grid_min: int  # smallest training-subset size n of the matched control's log grid (neighbours √2 apart)
+    calib_seeds: int  # the first N seeds calibrate n (their mean selection accuracy), in parallel on 2 cores
 
     def __post_init__(self) -> None:
         if self.select_on not in SELECT_ON:
@@ -26,6 +25,5 @@ class ConfidenceSettings:
             raise ValueError(f"holdout={self.holdout!r}: > 0 with select_on='holdout', 0 with 'train'")
         if not self.topk or min(self.topk) < 1 or self.n_show < 1 or self.group_size < 1:
             raise ValueError("topk (non-empty), n_show and group_size must be >= 1")
-        if self.grid_min < 1 or self.calib_seeds < 1 or not 0 < self.max_gap < 1:
-            raise ValueError(f"grid_min={self.grid_min} and calib_seeds={self.calib_seeds} must be >= 1, "
-                             f"max_gap={self.max_gap} in (0, 1)")
+        if self.grid_min < 1 or self.calib_seeds < 1:
+            raise ValueError(f"grid_min={self.grid_min} and calib_seeds={self.calib_seeds} must be >= 1")

@@ -17,10 +17,12 @@ from atlib.studies.confidence.runs import (
     shown_samples, spearman)
 from atlib.core.plots import BOOK_WIDTH, panel_grid
 from atlib.studies.prose import fmt
+from atlib.studies.rule import pp
 
 LABELS = {"std": "standard", "at": "AT", "matched": "matched standard (n images)",
           "early": "early-stopped standard (diagnostic)"}
 DIRECTIONS = {"AT ≫ std": ("std", "at"), "std ≫ AT": ("at", "std")}  # (a, b): b relatively more confident
+BROWSER_RANKS = (0, 7)  # the rank range the browser (and its static view in the book) starts on
 
 
 def fmt_pairs(iv: stats.Interval, digits: int = 3) -> str:
@@ -116,7 +118,7 @@ def findings_text(an: Analysis, v: Mapping[str, Any], gm: Mapping[str, Mapping[s
              f"{fmt_pairs(interval_of(c['matched_vs_matched']))}; Δ {fmt_pairs(interval_of(c[DELTA[0]]))}.",
              f"- The matched control (n = {m.calibration.n} training images, {m.calibration.epochs} epochs) is "
              f"{100 * m.gap:+.2f} pp from the AT models' clean accuracy on the test set: "
-             f"{'matched' if m.matched else 'not matched'} (limit ±{100 * m.max_gap:g} pp)."]
+             f"{'matched' if rules.RULE.matched(m) else 'not matched'} (limit ±{pp(rules.RULE.max_gap)} pp)."]
     key = "Spearman std vs at"
     if pc:
         worst = min(pc, key=lambda k: pc[k][key].mean)
@@ -205,7 +207,7 @@ def difference_grid(an: Analysis, a: tuple[str, int], b: tuple[str, int], n: int
     return fig
 
 
-def browser_figure(an: Analysis, direction: str = "AT ≫ std", ranks: tuple[int, int] = (0, 7),
+def browser_figure(an: Analysis, direction: str = "AT ≫ std", ranks: tuple[int, int] = BROWSER_RANKS,
                    cls: int | None = None, seed: int | None = None, max_show: int = 8) -> plt.Figure:
     """The browser's view: samples ranked by the confidence difference in ``direction`` (same-seed pair),
     optionally one class, ranks ``ranks[0]..ranks[1]`` (at most ``max_show``), each with its image and
@@ -261,7 +263,7 @@ def browser(an: Analysis):
 
     n = len(an.labels)
     direction = w.Dropdown(options=list(DIRECTIONS), description="direction")
-    ranks = w.IntRangeSlider(value=(0, 7), min=0, max=n - 1, description="ranks")
+    ranks = w.IntRangeSlider(value=BROWSER_RANKS, min=0, max=n - 1, description="ranks")
     cls = w.Dropdown(options=[("all", -1)] + [(c, i) for i, c in enumerate(an.ctx.data.classes)], value=-1,
                      description="class")
     seed = w.Dropdown(options=an.seeds, description="seed")
@@ -285,20 +287,21 @@ __all__ = ["FAMILY_NAMES", "browser", "browser_figure", "calibration_table", "cl
            "matched_table", "score_table"]
 
 
-def summary_section(an: Analysis) -> dict[str, Any]:
-    """The ``confidence`` entry of summary.json: every comparison with its units, the control, the verdict."""
+def summary(an: Analysis) -> dict[str, Any]:
+    """Chapter 03's part of summary.json (``confidence``): every comparison with its units, the control, the
+    verdict."""
     def pick(c: Mapping[str, Any]) -> dict[str, Any]:
         return {k: {f: c[k][f] for f in ("value", "ci", "n", "units")} for k in (*KEYS, DELTA[0]) if k in c}
 
-    return _clean({
+    return {"confidence": _clean({
         "n_test": len(an.labels), "seeds": an.seeds,
         "spearman": pick(an.correlations["spearman"]),
         "kendall": pick(an.correlations["kendall"]),
-        "matched_control": an.matched.record(),
+        "matched_control": rules.RULE.control_record(an.matched),
         "early_stopped": {str(s): {"epoch": e.epoch, "test_acc": e.test_acc[e.epoch - 1], "lr": e.lr_at_epoch_end}
                           for s, e in an.early.items()},
         "effect_size": {m: rules.effect_sizes(an, m) for m in CORRELATIONS},
         "topk_jaccard": {k: {side: pick(c) for side, c in v.items()} for k, v in an.jaccard.items()},
         "verdict": rules.verdict(an),
         "shown_indices": shown_samples(an),
-    })
+    })}

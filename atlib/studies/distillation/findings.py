@@ -11,34 +11,35 @@ from atlib.core import stats
 from atlib.studies.context import Context
 from atlib.studies.distillation import rules
 from atlib.studies.distillation.runs import Grid, eval_attacks
+from atlib.studies.distillation.settings import PILOT_LR_GRID
+from atlib.studies.distillation.targets import ABLATIONS
 from atlib.studies.distillation.views import pp
 from atlib.studies.prose import glue, glue_setting, t_factor
-from atlib.studies.shrinkage.convergence import STUDENT_CRITERION, pilot_record, stale_fields, student_key
+from atlib.studies.rule import pp as pp_text
+from atlib.studies.shrinkage import rules as shrinkage_rules
+from atlib.studies.shrinkage.convergence import pilot_record, stale_fields, student_key
 
 # ARD's released defaults (Goldblum et al. 2020), quoted by the chapter for comparison; never used to train
 ARD_T, ARD_LR = 30.0, 0.1
-# the peak learning rates of the development pilot that chose ``DistillSettings.lrs`` on ``fashion`` (not re-run)
-PILOT_LR_GRID = (0.01, 0.015, 0.02, 0.03, 0.05)
 
 
 def glue_prose(ctx: Context) -> None:
     """Glue every number chapter 04's prose quotes (settings of this profile, ARD's defaults, the t factors of
-    the rule), on top of :func:`prose.glue_setting`'s."""
+    the rule), on top of :func:`prose.glue_setting`'s; the rule's own terms are glued by :func:`prose.glue_rule`."""
     s, k, n = ctx.profile.distill, ctx.data.num_classes, len(ctx.profile.seeds)
     glue_setting(ctx)
     temps = [f"{T:g}" for T in s.temperatures]
-    bonf = 1 - rules.ALPHA / len(rules.DECISIVE)
     for name, value in {"temps": " and ".join(temps), "T_low": temps[0], "T_high": temps[-1],
                         "ard_T": f"{ARD_T:g}", "ard_lr": f"{ARD_LR:g}", "ard_lr_here": f"{ARD_LR / k:.3g}",
                         "lr_grid": ", ".join(f"{x:g}" for x in PILOT_LR_GRID), "n_classes": k,
                         "few_steps": s.few_steps, "many_steps": s.many_steps, "chance_eps": f"{s.sweep_eps[-1]:g}",
                         "t_df": n - 1, "student_width": _width(s.student_width or ctx.profile.width),
                         "teacher_width": _width(ctx.profile.width), "student_epochs": s.epochs,
-                        "teacher_epochs": ctx.profile.epochs, "t_n": _t_text(n), "t_adj": _t_text(n, bonf),
-                        "bonf_level": f"{100 * bonf:.1f}%", "ceiling_fraction": f"{rules.CEILING_FRACTION:g}",
-                        "apgd_steps": s.apgd_steps, "square_queries": s.square_queries,
-                        "square_subset": s.square_subset, "square_arms": ", ".join(f"`{a}`" for a in rules.SQUARE_ARMS),
-                        "n_student_seeds": n, "student_criterion": f"{100 * STUDENT_CRITERION:g}"}.items():
+                        "teacher_epochs": ctx.profile.epochs, "t_n": _t_text(n),
+                        "t_adj": _t_text(n, rules.RULE.bonferroni_level), "apgd_steps": s.apgd_steps,
+                        "square_queries": s.square_queries, "square_subset": s.square_subset,
+                        "n_student_seeds": n,
+                        "student_criterion": pp_text(shrinkage_rules.RULE.student_convergence)}.items():
         glue(name, value)
 
 
@@ -75,7 +76,7 @@ def setting_frame(ctx: Context, grid: Grid) -> pd.DataFrame:
         "masking checks": f"{A['few'].label}; PGD-{s.many_steps} CE on the PGD-{A['ce'].steps} survivors; L∞ ε = "
                           f"{', '.join(f'{e:g}' for e in s.sweep_eps)} chained on survivors; transfer of both "
                           f"teachers' PGD-{A['ce'].steps} CE examples; Square ({s.square_queries} queries, first "
-                          f"{s.square_subset} images) on {', '.join(rules.SQUARE_ARMS)}",
+                          f"{s.square_subset} images) on {', '.join(rules.RULE.square_arms)}",
         "this run": f"{len(grid.students)} students and {len(grid.ceiling)} PGD-AT students, {n_cached} loaded from "
                     f"the cache, {grid.seconds:.0f} s",
     }
@@ -100,7 +101,8 @@ def student_convergence_text(ctx: Context) -> str:
     return (f"Convergence pilot ({cmd}, commit `{rec['commit'][:12]}`, {rec['date']}): doubling the students' epochs "
             f"({rec['schedule']['student_epochs']} → {2 * rec['schedule']['student_epochs']}) moves the full students' "
             f"worst-case robust accuracy (mean of {len(rec['seeds'])} seeds) by " + "; ".join(parts) + ". "
-            + (f"The students **converge** by the pilot's criterion (< {100 * STUDENT_CRITERION:g} pp)." if ok else
+            + (f"The students **converge** by the pilot's criterion "
+               f"(< {pp_text(shrinkage_rules.RULE.student_convergence)} pp)." if ok else
                "The students do **not** converge by the pilot's criterion: they are not trained to convergence."))
 
 
@@ -109,10 +111,11 @@ def decided_by(v: dict[str, Any]) -> str:
     parts = []
     for part in v["decided_by"]:
         if part == "A":
-            parts.append(f"A {v['A']['outcome']}: D = full − standard_teacher {pp(v['D'])}, full − hard_labels "
+            r = rules.RULE
+            parts.append(f"A {v['A']['outcome']}: D = {r.full} − {r.baseline} {pp(v['D'])}, {r.full} − {r.hard} "
                          f"{pp(v['A']['full_minus_hard_labels'])}, E = {100 * v['E']:+.1f} pp")
         else:
-            name = next(n for n, p in rules.DECISIVE.items() if p == part)
+            name = rules.RULE.part_ablation(part)
             e = v["decisive"][name]
             parts.append(f"{part} {v[part]}: {name} {e['outcome']}, Δa {pp(e['delta'])}, c {pp(e['c'])} "
                          f"({100 * e['level']:.1f}%)")
@@ -135,21 +138,23 @@ def _gap(records: Sequence[dict[str, Any]], name: str, T: str) -> float | None:
 
 
 def findings_text(verdict: dict[str, Any], rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) -> str:
-    """Statements generated from the numbers: where the full student stands, what the descriptive ablations do
-    beside their runner-up gap, the teacher-free control, and the margin hypothesis with the number behind it."""
-    lines = []
+    """Statements generated from the numbers: where the full student stands, what the descriptive ablations that
+    keep the top class and change the incorrect classes do beside their runner-up gap, the teacher-free control,
+    and the margin hypothesis with the number behind it."""
+    r, lines = rules.RULE, []
+    probes = [n for n, ab in ABLATIONS.items() if ab.group == "incorrect classes" and n not in r.decisive]
     for T, v in verdict["by_T"].items():
-        by = {r["ablation"]: r for r in rows if f"{r['T']:g}" == T}
-        full, gap_full = by["full"]["robust"]["mean"], _gap(records, "full", T)
+        by = {x["ablation"]: x for x in rows if f"{x['T']:g}" == T}
+        full, gap_full = by[r.full]["robust"]["mean"], _gap(records, r.full, T)
         lines.append(f"- **T = {T}.** Full student {100 * full:.1f}% robust (worst case), baseline "
-                     f"`standard_teacher` {100 * by['standard_teacher']['robust']['mean']:.1f}%, `hard_labels` "
-                     f"{100 * by['hard_labels']['robust']['mean']:.1f}%, PGD-AT student {100 * v['ceiling']['mean']:.1f}%. "
-                     f"Teacher-free control beside A: `smoothed_labels` − full "
-                     f"{pp(by['smoothed_labels']['diff_vs_full']['robust'])}.")
-        for name in ("uniform_nonmax", "shuffle_nonmax", "uniform_tail", "shuffle_tail"):
+                     f"`{r.baseline}` {100 * by[r.baseline]['robust']['mean']:.1f}%, `{r.hard}` "
+                     f"{100 * by[r.hard]['robust']['mean']:.1f}%, PGD-AT student {100 * v['ceiling']['mean']:.1f}%. "
+                     f"Teacher-free control beside A: `{r.teacher_free}` − {r.full} "
+                     f"{pp(by[r.teacher_free]['diff_vs_full']['robust'])}.")
+        for name in probes:
             e, g = v["descriptive"][name], _gap(records, name, T)
             lines.append(f"  - `{name}` (descriptive): {e['outcome']}, Δa {pp(e['delta'])}, with a runner-up gap of "
-                         f"{'∞' if g is None else f'{g:.2f}'} logit units against {gap_full:.2f} for `full`.")
+                         f"{'∞' if g is None else f'{g:.2f}'} logit units against {gap_full:.2f} for `{r.full}`.")
         lines.append("  - " + margin_hypothesis(v, records, T))
     return "\n".join(lines)
 
@@ -160,13 +165,13 @@ def margin_hypothesis(v: dict[str, Any], records: Sequence[dict[str, Any]], T: s
     target's mean runner-up gap and the student's mean Δ robust (descriptive, no interval)."""
     arms = {**v["decisive"], **v["descriptive"]}
     pairs = [(_gap(records, n, T), e["delta"]["mean"]) for n, e in arms.items()
-             if n != rules.HARD and _gap(records, n, T) is not None]
+             if n != rules.RULE.hard and _gap(records, n, T) is not None]
     if len(pairs) < 3:
         return "Margin hypothesis: too few distilled ablations to relate gap and Δ."
     rho = stats.spearman([g for g, _ in pairs], [d for _, d in pairs])
+    rivals = rules.RULE.part_ablation("B")  # B's ablation keeps every value, so every gap, and moves the rivals
     return (f"*Hypothesis (margin):* a wider runner-up gap in the target, rather than which classes are the rivals, "
             f"raises the student's robustness. Across the {len(pairs)} distilled ablations at T = {T}, Spearman ρ "
             f"between the target's runner-up gap and Δa is {rho:+.2f} (descriptive: one value per ablation, no "
-            f"interval); `class_permuted_nonmax`, which keeps every gap but moves the rivals, reads "
-            f"*{v['decisive']['class_permuted_nonmax']['outcome']}*.")
-
+            f"interval); `{rivals}`, which keeps every gap but moves the rivals, reads "
+            f"*{v['decisive'][rivals]['outcome']}*.")

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from atlib.core.plots import COLORS
+from atlib.studies.distillation import rules
 from atlib.studies.distillation.runs import Grid
 from atlib.studies.distillation.targets import ABLATIONS, TeacherLogits
 
@@ -20,7 +21,7 @@ def targets_figure(t: TeacherLogits, index: int, T: float, classes: Sequence[str
     cols = 3
     rows = -(-len(names) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.2 * rows), sharey=True, squeeze=False)
-    full = ABLATIONS["full"](t, T, seed)[index].numpy()
+    full = ABLATIONS[rules.RULE.full](t, T, seed)[index].numpy()
     label = int(t.labels[index])
     # every ablation runs on the whole training set (population means, the shuffle's seed), then one row is shown
     for ax, name in zip(axes.flat, names):
@@ -60,7 +61,8 @@ def robustness_figure(rows: Sequence[dict[str, Any]], refs: dict[str, dict[str, 
             if at[n]["flagged_seeds"]:
                 ax.annotate("⚠ masking", (100 * at[n]["robust"]["mean"], y), fontsize=7, color="#d62728",
                             xytext=(4, 4), textcoords="offset points")
-        ax.axvline(100 * at["full"]["robust"]["mean"], color="black", ls=":", lw=1, label="full student: robust (mean)")
+        full = rules.RULE.full
+        ax.axvline(100 * at[full]["robust"]["mean"], color="black", ls=":", lw=1, label=f"{full} student: robust (mean)")
         for (label, col) in ref_style:
             v = refs[label]["robust"]["mean"]
             ax.axvline(100 * v, color=col, ls="--", lw=1, label=f"{label}: robust")

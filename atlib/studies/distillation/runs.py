@@ -21,9 +21,9 @@ from atlib.core.runtime import progress_default, seed_everything
 from atlib.core.store import artifact_key, code_version_of, model_hash, tensor_hash
 from atlib.studies import context as cx
 from atlib.studies.distillation import targets as distill_targets
-from atlib.studies.distillation.rules import SQUARE_ARMS
+from atlib.studies.distillation import rules
 from atlib.studies.distillation.targets import TeacherLogits, get_ablation
-from atlib.studies.profiles import ModelSpec
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as shrinkage
 from atlib.studies.context import Context
 from atlib.studies.shrinkage.runs import ModelRun
@@ -262,8 +262,8 @@ def _transfers(ctx: Context, tea: dict[str, ModelRun], seed: int) -> dict[str, T
 
 
 def _checked(ctx: Context, run: StudentRun, key: str) -> StudentRun:
-    """The Square check, on the arms that run it (``rules.SQUARE_ARMS``), joins the masking checks."""
-    if run.ablation in SQUARE_ARMS:
+    """The Square check, on the arms that run it (``rules.RULE.square_arms``), joins the masking checks."""
+    if run.ablation in rules.RULE.square_arms:
         run.square = square_check(ctx, run.model, key, run.seed, run.robust)
         run.checks = run.checks + [run.square]
     return run

@@ -2,24 +2,8 @@
 
 Every ablation maps the teachers' logits on the training set (and the labels) to the *probabilities at
 the distillation temperature T*, the thing the loss actually sees. Each one keeps some of the AT
-teacher's information and destroys the rest (RESEARCH.md §5):
-
-========================== ============================================== ==============================================
-ablation                   keeps                                          destroys
-========================== ============================================== ==============================================
-``full``                   everything (softmax(z_AT / T))                 nothing
-``standard_teacher``       (control) the standard teacher's outputs       the AT teacher
-``standard_rescaled``      standard ordering (confidence ranking nearly)  standard mean confidence (set to AT's)
-``hard_labels``            (control) the labels; trained with plain CE    every soft output
-``uniform_nonmax``         argmax, top probability (exactly)              incorrect-class ordering and values
-``shuffle_nonmax``         argmax, top probability, multiset of the rest  incorrect-class ordering (Kendall τ ≈ 0)
-``class_permuted_nonmax``  every value (top p, runner-up gap, entropy)    which classes are the close rivals
-``uniform_tail``           top-1 and top-2 classes and probabilities      the other K−2 values and their ordering
-``shuffle_tail``           top-1, top-2, multiset of the other K−2        the ordering of the other K−2
-``uniform_confidence``     the full class ordering                        sample-wise confidence (top = population mean)
-``smoothed_labels``        the label, AT's mean confidence                sample-wise confidence, incorrect classes
-``swap_confidence``        AT's full class ordering                       AT's sample-wise confidence (std's instead)
-========================== ============================================== ==============================================
+teacher's information and destroys the rest (RESEARCH.md §5); :data:`ABLATIONS` holds each with its target,
+what it keeps and destroys and what decides its meaning (chapter 04 prints that table from it).
 
 ``class_permuted_nonmax`` moves the non-max probabilities of every sample whose top class is c by one fixed
 permutation π_c of the other K−1 classes (drawn per seed), so the target stays a learnable function of the input.
@@ -245,36 +229,76 @@ def swap_confidence(t: TeacherLogits, T: float, seed: int = 0) -> Tensor:
 
 @dataclass(frozen=True)
 class Ablation:
-    """One target ablation: its function and what it keeps and destroys (for tables)."""
+    """One target ablation: its function, its target in symbols, what it keeps and destroys, and what decides its
+    meaning (for chapter 04's table; MyST Markdown, $math$ allowed)."""
 
     name: str
     fn: Callable[[TeacherLogits, float, int], Tensor]
+    target: str
     keeps: str
     destroys: str
+    group: str  # one of GROUPS: what the ablation changes
+    note: str = ""  # what decides what the ablation means, where that is not obvious from the columns
     plain_ce: bool = False  # trained with cross-entropy on the labels, T plays no role
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"ablation {self.name!r}: group {self.group!r} is not one of {', '.join(GROUPS)}")
 
     def __call__(self, t: TeacherLogits, T: float, seed: int = 0) -> Tensor:
         return self.fn(t, check_temperature(T), seed)
 
 
+# what an ablation changes: nothing (the reference), the teacher, everything soft (controls), the incorrect
+# classes (top class and its probability kept), or the sample-wise confidence (the class ordering kept)
+GROUPS = ("reference", "teacher", "control", "incorrect classes", "confidence")
+_PERMUTED = "drawn once, from the student's seed before training, and kept for every epoch (re-drawn each epoch, " \
+            "the targets would average back to the flattened one)"
+_RESCALED = ("confidence is changed by a per-sample temperature: the sample's logits $z/T$ are multiplied by the one "
+             "factor $s_i > 0$ that gives the wanted top probability (bisection; the top probability increases with "
+             "$s_i$), which keeps the sample's whole class ordering and the ratios of its logit differences; keeping "
+             "the ratios of the non-max *probabilities* instead can invert the ordering (the count is printed below)")
+
 ABLATIONS: dict[str, Ablation] = {a.name: a for a in (
-    Ablation("full", full, "everything", "nothing"),
-    Ablation("standard_teacher", standard_teacher, "a teacher's soft outputs (standard model)", "the AT teacher"),
-    Ablation("standard_rescaled", standard_rescaled, "standard ordering, (nearly) its confidence ranking",
-             "standard mean confidence (set to AT's)"),
-    Ablation("hard_labels", hard_labels, "the labels", "all soft information", plain_ce=True),
-    Ablation("uniform_nonmax", uniform_nonmax, "argmax, top probability", "incorrect-class values and ordering"),
-    Ablation("shuffle_nonmax", shuffle_nonmax, "argmax, top probability, non-max values",
-             "incorrect-class ordering"),
-    Ablation("class_permuted_nonmax", class_permuted_nonmax, "every value, a function of the input",
-             "which classes are the close rivals"),
-    Ablation("uniform_tail", uniform_tail, "top-1 and top-2 classes and probabilities", "the other K−2 values"),
-    Ablation("shuffle_tail", shuffle_tail, "top-1 and top-2, the other K−2 values", "the other K−2's ordering"),
-    Ablation("uniform_confidence", uniform_confidence, "class ordering", "sample-wise confidence"),
-    Ablation("smoothed_labels", smoothed_labels, "label, mean confidence",
-             "sample-wise confidence, incorrect classes, teacher argmax"),
-    Ablation("swap_confidence", swap_confidence, "AT class ordering",
-             "AT sample-wise confidence (standard's instead)"),
+    Ablation("full", full, "$p$", "everything", "nothing", "reference"),
+    Ablation("standard_teacher", standard_teacher, "$\\mathrm{softmax}(z_{\\text{std}}/T)$",
+             "a teacher's soft outputs", "the AT teacher", "teacher"),
+    Ablation("standard_rescaled", standard_rescaled,
+             "$\\mathrm{softmax}(\\lambda z_{\\text{std}}/T)$, one $\\lambda$ for all samples with mean top probability $m$",
+             "standard ordering, (nearly) its confidence ranking", "standard mean confidence", "teacher"),
+    Ablation("hard_labels", hard_labels, "one-hot $y$, trained with plain CE", "the labels", "all soft information",
+             "control", note="involves no temperature: its students are the same at every $T$ and appear once per $T$ "
+             "in the tables, compared with that $T$'s full students", plain_ce=True),
+    Ablation("uniform_nonmax", uniform_nonmax, "$p_c$ at $c$, $(1 - p_c)/(K-1)$ elsewhere", "argmax, confidence",
+             "incorrect-class values and ordering; **widens the runner-up gap**", "incorrect classes",
+             note="flattens the non-max *probabilities*, not the logits: averaging the non-max logits would raise "
+             "$p_c$ and so change the confidence as well; this keeps $p_c$ exactly. It does *not* keep the margin: at "
+             "the mean top probability the flattened runner-up lies $T \\ln\\!\\big((K-1)\\,p_c/(1-p_c)\\big)$ below the "
+             "top, more than the full target's gap (the property table below measures both)"),
+    Ablation("shuffle_nonmax", shuffle_nonmax, "$p_c$ at $c$, the other $p_j$ permuted per sample",
+             "argmax, confidence, the multiset of non-max values (so the gap)",
+             "which class is the runner-up; the target of a rival is no longer a function of the input",
+             "incorrect classes", note=f"one permutation per sample, {_PERMUTED}"),
+    Ablation("class_permuted_nonmax", class_permuted_nonmax,
+             "$p_c$ at $c$; the non-max values moved by one fixed derangement $\\pi_c$ of the other $K-1$ classes per "
+             "top class $c$", "every value: confidence, runner-up gap, entropy; a learnable function of the input",
+             "**which classes are the close rivals**", "incorrect classes",
+             note=f"one derangement per top class, {_PERMUTED}. A *derangement* moves every class: a uniformly random "
+             "permutation of the $K-1$ classes leaves one in place on average, and with it part of the information "
+             "the ablation removes"),
+    Ablation("uniform_tail", uniform_tail, "top-1 and top-2 classes and values; the other $K-2$ share the rest evenly",
+             "confidence, runner-up and its gap", "the tail's values and ordering", "incorrect classes"),
+    Ablation("shuffle_tail", shuffle_tail, "top-1 and top-2 kept; the other $K-2$ values permuted per sample",
+             "confidence, runner-up, gap, tail multiset", "the tail's ordering", "incorrect classes",
+             note=f"one permutation per sample, {_PERMUTED}"),
+    Ablation("uniform_confidence", uniform_confidence,
+             "$\\mathrm{softmax}(s_i z_{\\text{AT}}/T)$ with $s_i$ such that the top probability is $m$",
+             "the whole class ordering", "sample-wise confidence", "confidence", note=_RESCALED),
+    Ablation("smoothed_labels", smoothed_labels, "$m$ at $y$, $(1-m)/(K-1)$ elsewhere", "label, mean confidence",
+             "everything sample-specific", "control"),
+    Ablation("swap_confidence", swap_confidence,
+             "$\\mathrm{softmax}(s_i z_{\\text{AT}}/T)$ with top probability that of `standard_rescaled`",
+             "AT's class ordering", "AT's sample-wise confidence", "confidence", note=_RESCALED),
 )}
 
 

@@ -12,7 +12,7 @@ import torch
 from atlib.core import stats
 from atlib.studies.distillation import rules
 from atlib.studies.distillation.runs import WORST_CASE, Grid, StudentRun, eval_attacks
-from atlib.studies.distillation.targets import ABLATIONS, property_records
+from atlib.studies.distillation.targets import ABLATIONS, TeacherLogits, property_records, ratio_rescale_inverts, soften
 from atlib.studies.prose import fmt
 from atlib.studies.context import Context
 
@@ -42,7 +42,7 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
     every accuracy as a mean with its 95% t-interval, and the seed-paired difference from ``full``."""
     rows = []
     for T in grid.temperatures:
-        full = {r.seed: r for r in grid.runs("full", T)}
+        full = {r.seed: r for r in grid.runs(rules.RULE.full, T)}
         for name, ab in ABLATIONS.items():
             runs = grid.runs(name, T)
             row: dict[str, Any] = {"ablation": name, "T": T, "T_used": None if ab.plain_ce else T,
@@ -51,7 +51,7 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
                 row[key] = stats.mean_ci([r.acc(mask) for r in runs]).as_dict()
             row["flagged_seeds"] = [r.seed for r in runs if r.flags]
             row["flags"] = sorted({f for r in runs for f in r.flags})
-            row["diff_vs_full"] = None if name == "full" else {
+            row["diff_vs_full"] = None if name == rules.RULE.full else {
                 k: stats.mean_ci([r.acc(METRICS[k]) - full[r.seed].acc(METRICS[k]) for r in runs]).as_dict()
                 for k in ("robust", "clean", "pgd_both")}
             rows.append(row)
@@ -69,14 +69,39 @@ def claim3(grid: Grid) -> dict[str, Any]:
             raise ValueError(f"T={T:g}: the arms do not share the same seeds; claim 3's rule needs paired seeds")
         robust = {a: [r.acc("robust") for r in v] for a, v in runs.items()}
         flags = {a: [bool(r.flags) for r in v] for a, v in runs.items()} | {
-            rules.CEILING: [bool(r.flags) for r in ceiling]}
+            rules.RULE.ceiling: [bool(r.flags) for r in ceiling]}
         by_T[f"{T:g}"] = rules.claim3_at_T(robust, [r.acc("robust") for r in ceiling], flags) | {
             "ceiling": stats.mean_ci([r.acc("robust") for r in ceiling]).as_dict()}
-    return {"rule": rules.PAIRED_RULE, "seeds": list(grid.seeds), "measure": "worst-case robust accuracy over "
+    return {"rule": rules.RULE.text(), "seeds": list(grid.seeds), "measure": "worst-case robust accuracy over "
             + ", ".join(WORST_CASE), "by_T": by_T}
 
 
 # ---------------------------------------------------------------------------------------------- tables
+SHOWN_QUANTILE = 0.1  # the target figure shows an image whose AT top probability sits at this quantile (a hard one)
+
+
+def ablation_markdown() -> str:
+    """The ablations as a Markdown table (target, what each keeps and destroys, its role in the rule), then what
+    decides the meaning of those with a note (one line per distinct note)."""
+    r = rules.RULE
+    roles = {r.baseline: "baseline", r.hard: "control", r.teacher_free: "teacher-free control"} | {
+        a: f"decisive for {p}" for a, p in r.decisive.items()}
+    lines = ["| ablation | target | keeps | destroys |", "| --- | --- | --- | --- |"]
+    lines += [f"| `{n}`" + (f" ({roles[n]})" if n in roles else "") + f" | {a.target} | {a.keeps} | {a.destroys} |"
+              for n, a in ABLATIONS.items()]
+    notes: dict[str, list[str]] = {}
+    for n, a in ABLATIONS.items():
+        if a.note:
+            notes.setdefault(a.note, []).append(f"`{n}`")
+    return "\n".join(lines + [""] + [f"- {', '.join(ns)}: {note}." for note, ns in notes.items()])
+
+
+def ratio_rescale_text(t: TeacherLogits, temperatures: Sequence[float]) -> str:
+    """Markdown: how often the ratio-keeping rescaling (not used) would change a training sample's argmax, per T."""
+    return "Ratio-keeping rescaling would change the argmax of this share of training samples: " + ", ".join(
+        f"T={T:g}: {100 * ratio_rescale_inverts(soften(t.at, T), float(soften(t.at, T).max(1).values.mean())):.2f}%"
+        for T in temperatures) + " (the per-sample temperature changes none)."
+
 def _pct(d: dict[str, Any]) -> str:
     return fmt(stats.Interval(100 * d["mean"], 100 * d["half_width"], d["n"]))
 
@@ -180,12 +205,14 @@ def property_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def rule_a_table(verdict: dict[str, Any]) -> pd.DataFrame:
     """Part A per T: the baseline, D, full − hard labels, the ceiling, E and the outcome."""
-    out = {}
+    r, out = rules.RULE, {}
+    level = f"{1 - r.alpha:.0%}"
     for T, v in verdict["by_T"].items():
-        out[f"T={T}"] = {"baseline b (standard_teacher), robust %": _pct(v["baseline"]["robust"]),
-                         "D = full − b (95%)": pp(v["D"]), "full − hard_labels (95%)": pp(v["A"]["full_minus_hard_labels"]),
-                         "PGD-AT student, robust %": _pct(v["ceiling"]), "E = 0.1 × (PGD-AT − b)": f"{100 * v['E']:+.1f} pp",
-                         "A": v["A"]["outcome"]}
+        out[f"T={T}"] = {f"baseline b ({r.baseline}), robust %": _pct(v["baseline"]["robust"]),
+                         f"D = {r.full} − b ({level})": pp(v["D"]),
+                         f"{r.full} − {r.hard} ({level})": pp(v["A"]["full_minus_hard_labels"]),
+                         "PGD-AT student, robust %": _pct(v["ceiling"]),
+                         f"E = {r.ceiling_fraction:g} × (PGD-AT − b)": f"{100 * v['E']:+.1f} pp", "A": v["A"]["outcome"]}
     return pd.DataFrame(out).T
 
 
@@ -193,14 +220,14 @@ def ablation_table(verdict: dict[str, Any], records: Sequence[dict[str, Any]], k
     """The ``decisive`` (Bonferroni-adjusted) or ``descriptive`` (unadjusted 95%) ablations per T: Δa, c, the
     outcome, and the target's runner-up gap beside the full target's."""
     gap = {(r["ablation"], f"{r['T']:g}"): r["mean_gap_logits"] for r in records}
-    out = {}
+    full, out = rules.RULE.full, {}
     for T, v in verdict["by_T"].items():
         for name, e in v[kind].items():
             g = gap.get((name, T))
             out[config_label(name, float(T))] = {
-                "level": f"{100 * e['level']:.1f}%", "Δa = a − full": pp(e["delta"]),
-                "c = a − (full + b)/2": pp(e["c"]), "outcome": e["outcome"] + (" (flagged arm)" if e["flagged"] else ""),
-                "runner-up gap (logits), full → a": f"{gap[('full', T)]:.2f} → " + ("∞" if g is None else f"{g:.2f}")}
+                "level": f"{100 * e['level']:.1f}%", f"Δa = a − {full}": pp(e["delta"]),
+                f"c = a − ({full} + b)/2": pp(e["c"]), "outcome": e["outcome"] + (" (flagged arm)" if e["flagged"] else ""),
+                f"runner-up gap (logits), {full} → a": f"{gap[(full, T)]:.2f} → " + ("∞" if g is None else f"{g:.2f}")}
     return pd.DataFrame(out).T
 
 
@@ -217,22 +244,22 @@ def setting_record(ctx: Context, grid: Grid) -> dict[str, Any]:
             "attacks": {k: (c.label if not isinstance(c, list) else [x.label for x in c]) for k, c in A.items()}
             | {"apgd": f"torchattacks APGD-CE and APGD-DLR, {s.apgd_steps} steps, 1 restart, L∞ ε={A['ce'].eps:g}",
                "square": f"torchattacks Square, L∞ ε={A['ce'].eps:g}, {s.square_queries} queries, first "
-                         f"{s.square_subset} images, arms {', '.join(rules.SQUARE_ARMS)}"},
+                         f"{s.square_subset} images, arms {', '.join(rules.RULE.square_arms)}"},
             "robust_measure": "per-sample worst case over " + ", ".join(WORST_CASE),
             "inputs": "clean, unaugmented training images; targets computed once from the teachers' outputs"}
 
 
-def summary_section(ctx: Context, grid: Grid, rows: Sequence[dict[str, Any]], verdict: dict[str, Any],
-                    records: Sequence[dict[str, Any]]) -> dict:
-    """The ``distillation`` entry of ``summary.json``."""
-    return {"setting": setting_record(ctx, grid),
+def summary(ctx: Context, grid: Grid, rows: Sequence[dict[str, Any]], verdict: dict[str, Any],
+            records: Sequence[dict[str, Any]]) -> dict:
+    """Chapter 04's part of ``summary.json`` (``distillation``)."""
+    return {"distillation": {"setting": setting_record(ctx, grid),
             "students": [student_record(r) for r in grid.students],
             "pgd_at_students": [student_record(r) for r in grid.ceiling],
             "by_config": list(rows), "targets": list(records), "references": references(ctx, grid),
-            "verdict": verdict, "seconds": grid.seconds}
+            "verdict": verdict, "seconds": grid.seconds}}
 
 
-def first_sample(t: Any, T: float, quantile: float = 0.5) -> int:
+def first_sample(t: Any, T: float, quantile: float = SHOWN_QUANTILE) -> int:
     """A training image that the AT teacher classifies correctly, with its top probability at T at the given
     quantile of those images (for the target figure)."""
     p = torch.softmax(t.at.double() / T, dim=1)

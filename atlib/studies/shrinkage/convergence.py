@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from atlib.studies.profiles import Profile
+from atlib.studies.shrinkage import rules
 
 RESULTS = Path(__file__).resolve().parents[3] / "results"
-# The pilot's rule: doubling the epochs moves each of these seed means by less than this (accuracy, 0–1)
-CRITERIA = {"standard_clean": 0.01, "at_robust_linf_ce": 0.02, "at_robust_linf_margin": 0.02, "matched_clean": 0.01}
-STUDENT_CRITERION = 0.02  # chapter 04's full students: worst-case robust accuracy, at each distillation T
 STUDENT_PREFIX = "full_student_robust_T"  # + T: the record's key of those students
 LABELS = {"standard_clean": "standard, clean accuracy", "at_clean": "main AT, clean accuracy", "at_robust_linf_ce": "main AT, robust accuracy (PGD-CE)",
           "at_robust_linf_margin": "main AT, robust accuracy (PGD-margin)",
@@ -27,8 +25,9 @@ def student_key(T: float) -> str:
 
 
 def criteria(p: Profile) -> dict[str, float]:
-    """The pilot's rule for ``p``: :data:`CRITERIA` and the full students' at each of its temperatures."""
-    return CRITERIA | {student_key(T): STUDENT_CRITERION for T in p.distill.temperatures}
+    """The pilot's limits for ``p`` (the rule's ``convergence``) and the full students' at each of its temperatures."""
+    r = rules.RULE
+    return dict(r.convergence) | {student_key(T): r.student_convergence for T in p.distill.temperatures}
 
 
 def label(key: str) -> str:

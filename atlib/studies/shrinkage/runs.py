@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +20,7 @@ from atlib.core import data, models, stats
 from atlib.core.runtime import progress_default, seed_everything
 from atlib.core.store import artifact_key, code_version_of
 from atlib.studies.context import Context, fill
-from atlib.studies.profiles import ModelSpec
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.training import distributed, evaluate, train
 
 SCHEMA = 2  # bump when the payload layout of a trained model or of its evaluation changes
@@ -166,3 +167,12 @@ def model_record(ctx: Context, run: ModelRun) -> dict[str, Any]:
         "attacked_linf_ce": run.logit_stats("linf_ce"),
         "train_seconds": run.train_seconds,
     }
+
+
+LOGIT_STATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # summary key -> per-sample statistic
+    f"mean_{k}": fn for k, fn in stats.LOGIT_STATISTICS.items()}
+
+
+def runs_of(runs: Sequence[ModelRun], spec: ModelSpec) -> list[ModelRun]:
+    """The runs of one spec, ordered by seed."""
+    return sorted((r for r in runs if r.spec == spec), key=lambda r: r.seed)

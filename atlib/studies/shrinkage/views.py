@@ -2,24 +2,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
 
 from atlib.core import stats
 from atlib.studies.context import Context
-from atlib.studies.profiles import ModelSpec
+from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.prose import fmt
-from atlib.studies.shrinkage.runs import ModelRun
-
-LOGIT_STATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {  # summary key -> per-sample statistic
-    f"mean_{k}": fn for k, fn in stats.LOGIT_STATISTICS.items()}
-
-
-def runs_of(runs: Sequence[ModelRun], spec: ModelSpec) -> list[ModelRun]:
-    """The runs of one spec, ordered by seed."""
-    return sorted((r for r in runs if r.spec == spec), key=lambda r: r.seed)
-
+from atlib.studies.shrinkage import convergence, rules
+from atlib.studies.shrinkage.runs import ModelRun, model_record, runs_of
 
 def specs_of(runs: Sequence[ModelRun]) -> list[ModelSpec]:
     seen: list[ModelSpec] = []
@@ -74,3 +67,23 @@ def eps_sweep(ctx: Context, runs: Sequence[ModelRun]) -> tuple[list[float], dict
         series["clean acc (%)"].append(interval(rs, lambda r: 100 * r.acc("clean")))
         series["PGD-CE L∞ acc (%)"].append(interval(rs, lambda r: 100 * r.acc("linf_ce")))
     return list(p.linf_sweep), series
+
+
+def eps_sweep_frame(eps: Sequence[float], series: dict[str, list[stats.Interval]]) -> pd.DataFrame:
+    """The ε sweep as a table: one row per training ε, one column per statistic (mean ± interval over seeds)."""
+    return pd.DataFrame({k: [fmt(iv) for iv in v] for k, v in series.items()}, index=[f"ε={e:.4g}" for e in eps])
+
+
+def summary(ctx: Context, runs: Sequence[ModelRun], shrink: dict[str, Any], eps: Sequence[float],
+            series: dict[str, list[stats.Interval]], pilot: dict[str, Any] | None) -> dict[str, Any]:
+    """Chapter 02's part of ``summary.json``: every model, claim 1's paired differences (clean and attacked), the ε
+    sweep and the convergence pilot it quotes."""
+    p = ctx.profile
+    return {
+        "models": [model_record(ctx, r) for r in runs],
+        "shrinkage": {"base": "standard", "treated": p.main_at.name, "clean": shrink,
+                      "attacked_linf_ce": rules.paired_shrinkage(runs, p.model_specs()[0], p.main_at, "linf_ce")},
+        "eps_sweep": [{"eps": e} | {k: iv.as_dict() for k, iv in zip(series, ivs)}
+                      for e, ivs in zip(eps, zip(*series.values()))],
+        "convergence": convergence.convergence_section(pilot, p),
+    }

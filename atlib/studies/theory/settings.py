@@ -8,28 +8,30 @@ from dataclasses import dataclass
 class GaussianSettings:
     """Two Gaussian classes N(±μ, σ²I) in ``dim`` dimensions, ‖μ‖ = ``mu_norm``, an L2 adversary."""
 
-    dim: int = 10
-    mu_norm: float = 1.0
-    sigma: float = 0.75
-    n_train: int = 10_000
-    n_test: int = 10_000
-    steps: int = 700
-    lr: float = 1.0  # stable only while lr·(ε/‖w‖) stays small: the ‖w‖ term's curvature grows as the scale shrinks
-    eps_sweep: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+    dim: int  # dimensions of x
+    mu_norm: float  # ‖μ‖: the classes are N(±μ, σ²I)
+    sigma: float  # σ
+    n_train: int  # training points per seed
+    n_test: int  # test points per seed
+    steps: int  # full-batch gradient-descent steps (momentum 0.9)
+    lr: float  # stable only while lr·(ε/‖w‖) stays small: the ‖w‖ term's curvature grows as the scale shrinks
+    eps_sweep: tuple[float, ...]  # L2 ε of the sweep
 
 
 @dataclass(frozen=True)
 class LinearSettings:
     """Linear softmax models on flattened pixels: training subset, schedule, L∞ ε sweep, PGD steps."""
 
-    n_train: int
+    n_train: int  # the first N training images of the profile's subset
     epochs: int
     batch_size: int
-    lr: float
+    lr: float  # peak learning rate (SGD with momentum, linear decay)
     weight_decay: float
-    eps_sweep: tuple[float, ...]
+    eps_sweep: tuple[float, ...]  # training L∞ ε of the sweep (0: plain CE)
     pgd_steps: int  # PGD-AT's inner steps (step 2.5·ε/steps, random start)
-    check_steps: int = 20  # sign-step PGD used by the closed-form checks (no random start)
+    check_n: int  # evaluation images of the closed-form checks (section 3)
+    check_steps: int  # sign-step PGD of the closed form vs PGD check (no random start)
+    bound_steps: int  # PGD-CE steps (random start) of the shifted-logit bound check
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,10 @@ class DeepSettings:
 
     n_flip: int  # correctly classified evaluation samples per model for the flip radius
     flip_steps: int  # PGD steps (margin loss, L∞, step 2.5·ε/steps, random start) per bisection probe
-    bisect_iters: int
+    bisect_iters: int  # bisection steps on [0, eps_max]
     eps_max: float  # upper end of the bisection; samples not flipped there are censored at it
     n_calib: int  # training images on which the controls' clean logit gap is matched to the AT model's
-    grids: tuple[tuple[str, tuple[float, ...]], ...] = (
-        ("label_smoothing", (0.1, 0.25, 0.5)), ("logit_squeeze", (0.005, 0.02, 0.08)),
-        ("loss_temperature", (0.3, 0.5, 0.7)))
+    grids: tuple[tuple[str, tuple[float, ...]], ...]  # per control, the strengths the calibration tries
 
     def grid(self, kind: str) -> tuple[float, ...]:
         return dict(self.grids)[kind]
@@ -55,4 +55,4 @@ class TheorySettings:
 
     linear: LinearSettings
     deep: DeepSettings
-    gaussian: GaussianSettings = GaussianSettings()
+    gaussian: GaussianSettings
