@@ -99,6 +99,11 @@ study.views.logit_table(runs, "clean")
 # take the difference AT − standard per seed. The rule, fixed before looking: {glue:md}`rule_statistic:myst`
 #
 # Claim 1 itself reads the mean logit gap and the mean max logit: {glue:md}`rule_claim:myst`
+#
+# No verdict is read from a model that did not learn. {glue:md}`rule_gates:myst`
+
+# %%
+display(Markdown(study.views.gates_text(ctx, runs)))
 
 # %%
 shrink = study.rules.paired_shrinkage(runs, P.model_specs()[0], P.main_at)

@@ -86,7 +86,7 @@ import torch
 from IPython.display import Markdown, display
 
 from atlib.core import plots
-from atlib.studies import confidence as study, context as cx, prose
+from atlib.studies import confidence as study, context as cx, prose, validity
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 prose.glue_setting(ctx)  # the numbers the prose below quotes
@@ -176,6 +176,7 @@ study.views.comparison_table(study.runs.comparisons(an.logits, study.runs.spearm
 # %%
 v = study.rules.verdict(an)
 eff = {m: study.rules.effect_sizes(an, m) for m in study.runs.CORRELATIONS}
+display(Markdown(validity.gates_markdown(an.gates, study.rule.GATED)))
 display(Markdown(
     f"**Verdict ({ctx.data.name}, {an.at_spec.label} vs standard, seeds {', '.join(map(str, an.seeds))}): "
     f"{v['outcome']}.** (a) std vs AT below both nulls: {v['a_differs_from_nulls']}; (c) control usable: "

@@ -89,7 +89,7 @@ device = None  # "cpu", "cuda", ... (default: CUDA when present)
 from IPython.display import Markdown, display
 
 from atlib.core import plots
-from atlib.studies import context as cx, distillation as study, prose
+from atlib.studies import context as cx, distillation as study, prose, validity
 
 ctx = cx.context(profile, cache_dir, data_root, device)
 study.findings.glue_prose(ctx)  # the numbers the prose quotes
@@ -238,7 +238,8 @@ plots.save(fig, results_dir, "distill_masking");
 # its target's runner-up gap.
 
 # %%
-verdict = study.views.claim3(grid)
+verdict = study.views.claim3(grid, study.runs.eval_set(ctx)[1])
+display(Markdown(validity.gates_markdown(study.views.gates(grid, study.runs.eval_set(ctx)[1]), study.rule.GATED)))
 study.views.rule_a_table(verdict)
 
 # %%

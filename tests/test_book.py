@@ -3,6 +3,7 @@ import json
 import math
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -271,3 +272,34 @@ def test_bad_workers_fail_before_the_output_folder_is_touched(tmp_path, monkeypa
     with pytest.raises(BookError, match="ATLIB_WORKERS='two'"):
         book.run_book("smoke", out, cache_dir=str(tmp_path / "c"), html=False)
     assert (out / "results" / "earlier.json").exists(), "an earlier build's results survive a bad setting"
+
+
+COLLAPSED = """# smoke with PGD-AT at L∞ ε = 0.4 from the first step: the main AT models fall into a near-constant predictor
+extends = "smoke"
+linf_eps = 0.4
+linf_sweep = [0.0, 0.4]
+eps_fadein_epochs = 0
+
+[distill]
+sweep_eps = [0.45, 0.5]
+"""
+
+
+@pytest.mark.slow
+def test_a_book_whose_at_models_collapse_publishes_no_verdict(tmp_path):
+    """Issue 25: a profile whose main AT models did not learn must not publish supported / not supported. Every
+    claim that reads them is invalid, with the failed gate, in summary.json and in the ledger."""
+    from atlib.book import claims
+    from atlib.book.runner import run_book
+
+    toml = tmp_path / "collapsed_smoke.toml"
+    toml.write_text(COLLAPSED)
+    summary = json.loads(Path(run_book(str(toml), out=tmp_path / "book", cache_dir=str(tmp_path / "cache"),
+                                       device="cpu", html=False)).read_text())
+    at = [m for m in summary["models"] if m["name"].startswith("at_linf_0.4")]
+    assert at and all(m["clean_acc"] < 0.25 for m in at), "the planted collapse happened"
+    entries = {e.claim: e for e in claims.judge(summary)}
+    assert {k: e.verdict for k, e in entries.items()} == dict.fromkeys(entries, claims.INVALID)
+    assert all("learned: at_linf_0.4_s" in e.reason for e in entries.values()), {k: e.reason for k, e in entries.items()}
+    assert summary["shrinkage"]["claim"]["valid"] is False and summary["confidence"]["verdict"]["valid"] is False
+    assert summary["distillation"]["verdict"]["valid"] is False

@@ -167,3 +167,31 @@ def test_the_ledger_states_the_level_the_intervals_have():
 
     assert inspect.signature(stats.mean_ci).parameters["level"].default == 0.95, "update the '95%' in atlib/book/claims.py"
     assert "95% Student-t" in claims.CLAIMS["shrinkage"].statistic
+
+
+def test_a_failed_validity_gate_shows_invalid_on_every_claim_and_apart_in_the_table():
+    """Issue 25's run: every main AT model collapsed, yet the ledger said supported / not supported. Behind the
+    gates, each claim that reads those models is invalid, with the failed gate, in its own cell form."""
+    from atlib.studies import validity
+    from atlib.studies.shrinkage import rules as shrink_rules
+    from atlib.studies.verdict import Verdict
+
+    bad = [validity.Gate("learned: at_linf_0.3_s0", False, "clean 10.6% vs constant predictor 11.4% + 10 pp")]
+    s = shrinkage((-15.8, -16.0, -15.6), (-9.0, -9.5, -8.5))  # the collapsed model's "shrinkage": large and sure
+    s["shrinkage"]["claim"] = shrink_rules.RULE.decide(s["shrinkage"]["clean"], bad)
+    c = confidence(Verdict.NOT_SUPPORTED)
+    c["confidence"]["verdict"] |= validity.gated(Verdict.NOT_SUPPORTED, bad)
+    d = distillation("not supported", "not supported")
+    for v in d["distillation"]["verdict"]["by_T"].values():
+        v |= {"claim3": Verdict.INVALID, "decided_by": [], "invalid_reason": validity.invalid_reason(bad)}
+    summary = {"profile": "mine", "dataset": "mnist"} | s | c | d
+    entries = {e.claim: e for e in claims.judge(summary)}
+    assert {k: e.verdict for k, e in entries.items()} == dict.fromkeys(("shrinkage", "confidence", "distillation"),
+                                                                       claims.INVALID)
+    assert all(e.reason == "invalid: learned: at_linf_0.3_s0 (clean 10.6% vs constant predictor 11.4% + 10 pp)"
+               for e in entries.values())
+    md = claims.ledger_markdown({"mine": summary}, {"mine": "`mine.toml`"})
+    assert md.count("⚠ **invalid** — invalid: learned: at_linf_0.3_s0") == 3
+    # the same sections with passing gates keep their verdicts
+    s["shrinkage"]["claim"] = shrink_rules.RULE.decide(s["shrinkage"]["clean"], [])
+    assert verdicts(s)["shrinkage"] == SUPPORTED

@@ -15,6 +15,8 @@ from atlib.studies.confidence import early as ce
 from atlib.studies.confidence import matched as cm
 from atlib.studies.confidence import views as cp
 from atlib.studies.confidence import rules
+from atlib.studies import validity
+from atlib.studies.verdict import Verdict
 from atlib.studies.shrinkage import runs as ex
 from atlib.studies import context as cx
 from atlib.studies.profiles import get_profile
@@ -124,8 +126,11 @@ def test_verdict_applies_the_rule_in_order(cross, null_n, m_null, matched, delta
     assert v["outcome"] == outcome
     assert (v["a_differs_from_nulls"], v["c_control_usable"], v["b_not_explained_by_accuracy"]) == abc
     gap = 0.5 * rules.RULE.max_gap if matched else 2 * rules.RULE.max_gap  # the rule decides "matched" from the gap
-    an = SimpleNamespace(correlations={"spearman": c}, matched=SimpleNamespace(gap=-gap))
+    an = SimpleNamespace(correlations={"spearman": c}, matched=SimpleNamespace(gap=-gap), gates=[])
     assert rules.verdict(an)["outcome"] == outcome and "1.5 pp" in rules.verdict(an)["rule"]
+    an.gates = [validity.Gate("learned: at_s0", False, "clean 10.6% vs constant predictor 11.4% + 10 pp")]
+    gated = rules.verdict(an)  # whatever the intervals say, a collapsed model makes the verdict invalid
+    assert gated["outcome"] == Verdict.INVALID and gated["invalid_reason"].startswith("learned: at_s0 (clean 10.6%")
 
 
 def test_grid_and_matched_schedule():

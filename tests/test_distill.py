@@ -9,6 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
+from atlib.studies.verdict import Verdict
+
 from atlib.training import distill as D
 from atlib.studies.distillation import rules
 from atlib.studies.distillation import runs as dr
@@ -354,10 +356,16 @@ def test_square_flags_a_gradient_masking_model_only(std_digits_mlp, digits, mask
 
 
 # ------------------------------------------------------------------- the verdict needs paired seeds
-def _fake_grid(seeds_by_arm: dict[str, tuple[int, ...]], seeds=(0, 1, 2)) -> dr.Grid:
-    """A grid of stand-in students (no model): robust masks only, every arm at one T."""
+FAKE_LABELS = torch.tensor([0, 1, 2, 3])  # the stand-in students' evaluation labels: a constant scores 25%
+
+
+def _fake_grid(seeds_by_arm: dict[str, tuple[int, ...]], seeds=(0, 1, 2), ceiling_at_chance=False) -> dr.Grid:
+    """A grid of stand-in students (no model): robust masks only, every arm at one T; the PGD-AT students robust on
+    every image (or, ``ceiling_at_chance``, on one of the four: the constant predictor's 25%)."""
     def run(a, s):
         mask = torch.tensor([True, s % 2 == 0, False, a == "full"])
+        if a == "pgd_at":
+            mask = torch.tensor([True, not ceiling_at_chance, not ceiling_at_chance, not ceiling_at_chance])
         return dr.StudentRun(a, None if a == "hard_labels" else 4.0, 1.0, s, None, [], {"robust": mask}, [], 0.0, True)
 
     students = [run(a, s) for a in dt.ABLATIONS for s in seeds_by_arm.get(a, seeds)]
@@ -367,7 +375,25 @@ def _fake_grid(seeds_by_arm: dict[str, tuple[int, ...]], seeds=(0, 1, 2)) -> dr.
 def test_verdict_refuses_unpaired_seeds():
     from atlib.studies.distillation import views
 
-    v = views.claim3(_fake_grid({}))["by_T"]["4"]  # paired: the rule runs
+    v = views.claim3(_fake_grid({}), FAKE_LABELS)["by_T"]["4"]  # paired: the rule runs
     assert v["claim3"] in ("supported", "not supported", "inconclusive") and v["D"]["n"] == 3
     with pytest.raises(ValueError, match="T=4: the arms do not share the same seeds"):
-        views.claim3(_fake_grid({"class_permuted_nonmax": (0, 2)}))
+        views.claim3(_fake_grid({"class_permuted_nonmax": (0, 2)}), FAKE_LABELS)
+
+
+def test_a_ceiling_at_chance_makes_claim_3_invalid():
+    """D is judged against the PGD-AT student: when it is no more robust than a constant predictor, nothing can be
+    read, whatever the students' intervals say (issue 25: every student 0% robust gave 'A refuted')."""
+    from atlib.studies.distillation import views
+    from atlib.book import claims
+
+    ok = views.claim3(_fake_grid({}), FAKE_LABELS)
+    assert ok["valid"] and all(g["passed"] for g in ok["gates"])
+    bad = views.claim3(_fake_grid({}, ceiling_at_chance=True), FAKE_LABELS)
+    assert not bad["valid"] and {g["name"] for g in bad["gates"] if not g["passed"]} == {
+        f"ceiling above chance: pgd_at_s{s}" for s in (0, 1, 2)}
+    v = bad["by_T"]["4"]
+    assert v["claim3"] == Verdict.INVALID and v["decided_by"] == []
+    assert v["invalid_reason"].startswith("ceiling above chance: pgd_at_s0 (worst-case robust 25.0% vs constant")
+    e = claims.judge_distillation({"distillation": {"verdict": bad}})
+    assert e.verdict == Verdict.INVALID and e.reason.startswith("invalid: ceiling above chance")

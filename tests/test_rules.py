@@ -110,7 +110,7 @@ def test_every_study_has_one_rule_object_with_text_constants_and_ledger_mapping(
 
 def test_the_ledger_maps_every_outcome_through_the_rule_objects():
     assert set(rule_of("confidence").LEDGER) == {"supported", "not supported", "inconclusive",
-                                                 "not separated from accuracy", "undecided"}
+                                                 "not separated from accuracy", "undecided", "invalid"}
     assert claims.CLAIMS["confidence"].rule.endswith(rule_of("confidence").ledger_text() + ".")
     assert claims.CLAIMS["shrinkage"].rule == rule_of("shrinkage").text("claim")
 

@@ -85,6 +85,8 @@ def judge_shrinkage(s: Mapping[str, Any]) -> Entry:
         values = {label: interval(clean[k]["paired_diff"]) for k, label in rule.claim_stats.items()}
         values[f"Δ {stats.stat_label(rule.reference)} (reference)"] = interval(clean[rule.reference]["paired_diff"])
         outcome, why = rule.claim(clean)
+        if "claim" in sec:  # chapter 02's own decision, behind the validity gates (older summaries: none)
+            outcome, why = sec["claim"]["outcome"], sec["claim"]["reason"]
     except (KeyError, TypeError, ValueError) as e:
         return _missing("shrinkage", f"the `shrinkage` section lacks {e} (written by an older chapter 02?)")
     return Entry("shrinkage", rule.ledger_verdict(outcome), why, values)
@@ -110,7 +112,8 @@ def judge_confidence(s: Mapping[str, Any]) -> Entry:
     verdict = confidence.rule.ledger_verdict(outcome)
     if verdict is None:
         return _missing("confidence", f"chapter 03's outcome {outcome!r} is not one this ledger knows")
-    return Entry("confidence", verdict, f"chapter 03's rule: {outcome}", values)
+    why = sec["verdict"].get("invalid_reason")
+    return Entry("confidence", verdict, f"invalid: {why}" if why else f"chapter 03's rule: {outcome}", values)
 
 
 # ------------------------------------------------------------------------------------------------ claim 3
@@ -154,6 +157,8 @@ def judge_distillation(s: Mapping[str, Any]) -> Entry:
     if not outcomes or unknown:
         return _missing("distillation", f"chapter 04's outcomes {unknown or 'are empty'} are not ones this ledger knows")
     verdict, how = rule.across_temperatures({T: rule.ledger_verdict(o) for T, o in outcomes.items()})
+    if verdict == INVALID:  # the same gates at every T
+        return Entry("distillation", verdict, f"invalid: {next(iter(by_T.values()))['invalid_reason']}", values)
     why = "; ".join(f"T={T}: {o} ({parts[T]})" for T, o in outcomes.items())
     return Entry("distillation", verdict, f"{how} ({why})", values)
 
@@ -240,6 +245,8 @@ def ledger_markdown(summaries: Mapping[str, Mapping[str, Any]], origins: Mapping
     for c in CLAIMS.values():
         out += [f"**{c.title}.** *{c.statement}* Statistic ({{doc}}`chapter {c.chapter[:2]} <{c.chapter}>`): "
                 f"{c.statistic} Verdict: {c.rule}", ""]
+    out += [shrinkage.rule.text("gates") + " A claim whose models failed a gate shows ⚠ **invalid** with the failed "
+            "gate, whatever its statistics say.", ""]
     out += ["## The ledger", ""]
     if not summaries:
         return "\n".join(out + ["No profile has a committed summary yet: run `python -m atlib book`.", ""])
@@ -249,6 +256,9 @@ def ledger_markdown(summaries: Mapping[str, Mapping[str, Any]], origins: Mapping
         for p in summaries:
             e = judged[p][c.key]
             first = next(iter(e.values.items()), None)
+            if e.verdict == INVALID:  # shown apart: no statistic is read from a model that failed a gate
+                cells.append(f"⚠ **{e.verdict}** — {e.reason}")
+                continue
             cells.append(f"**{e.verdict}**" + (f" — {first[0]} {first[1]}" if first else f" — {e.reason}"))
         out.append(f"| **{c.title}** | " + " | ".join(_cell(x) for x in cells) + " |")
     out += ["", "## The numbers behind each verdict", "",

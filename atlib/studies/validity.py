@@ -20,6 +20,7 @@ import torch
 from atlib.studies.verdict import Verdict
 
 Tensor = torch.Tensor
+INVALID_WHEN = "a model the rule reads failed a validity gate"  # the rules' words for their ``invalid`` outcome
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,13 @@ def learned(name: str, logits: Tensor, labels: Tensor, margin: float) -> Gate:
     return Gate(f"learned: {name}", passed, reason)
 
 
-def learned_from_accuracy(name: str, acc: float, labels: Tensor, margin: float) -> Gate:
-    """:func:`learned` for a model known only by its accuracy on ``labels`` (the class count is not checked)."""
+def above_constant(name: str, acc: float, labels: Tensor, margin: float, measure: str = "clean") -> Gate:
+    """A model known by one accuracy on ``labels`` (``measure``: clean, robust ...) is at least ``margin`` above the
+    constant predictor's there (the class count is not checked). E.g. chapter 04's ceiling: a PGD-AT student whose
+    robust accuracy sits at chance gives D nothing to be a fraction of."""
     const = constant_accuracy(labels)
-    return Gate(f"learned: {name}", acc >= const + margin,
-                f"clean {100 * acc:.1f}% vs constant predictor {100 * const:.1f}% + {100 * margin:g} pp")
+    return Gate(name, acc >= const + margin,
+                f"{measure} {100 * acc:.1f}% vs constant predictor {100 * const:.1f}% + {100 * margin:g} pp")
 
 
 def robust(name: str, robust_acc: float, reference_acc: float, margin: float, reference: str = "standard") -> Gate:
@@ -85,3 +88,13 @@ def gated(outcome: Any, gates: Sequence[Gate]) -> dict[str, Any]:
     if bad:
         return out | {"outcome": Verdict.INVALID, "invalid_reason": invalid_reason(gates)}
     return out | {"outcome": outcome}
+
+
+def gates_markdown(gates: Sequence[Gate], what: str) -> str:
+    """One paragraph for a chapter: every gate passed (how many), or the verdict is invalid and why."""
+    bad = failed(gates)
+    if not bad:
+        return f"**Validity gates:** all {len(gates)} passed ({what})."
+    rows = [f"- {g.name}: {g.reason}" for g in bad]
+    return "\n".join([f"**Validity gates: {len(bad)} of {len(gates)} failed ({what}), so the verdict is "
+                      f"invalid** — nothing below is read from these models as evidence:", *rows])

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from atlib.studies import validity
 from atlib.studies.confidence.matched import MatchedControl
 from atlib.studies.confidence.runs import DELTA, Analysis, effect_size, interval_of
 from atlib.studies.rule import Rule, const, pp
@@ -45,10 +46,12 @@ class ConfidenceRule(Rule):
                                    "null lies above std vs AT, (b) Δ = ρ(std, AT) − ρ(std, matched) below 0",
                 Verdict.NOT_SUPPORTED: "(a) fails",
                 Verdict.INCONCLUSIVE: "(c) fails", Verdict.NOT_SEPARATED: "(b) fails",
-                Verdict.UNDECIDED: "an interval on fewer than two units"}
+                Verdict.UNDECIDED: "an interval on fewer than two units", Verdict.INVALID: validity.INVALID_WHEN}
     LEDGER = {Verdict.SUPPORTED: Verdict.SUPPORTED, Verdict.NOT_SUPPORTED: Verdict.NOT_SUPPORTED,
               Verdict.NOT_SEPARATED: Verdict.INCONCLUSIVE, Verdict.INCONCLUSIVE: Verdict.INCONCLUSIVE,
-              Verdict.UNDECIDED: Verdict.INCONCLUSIVE}
+              Verdict.UNDECIDED: Verdict.INCONCLUSIVE, Verdict.INVALID: Verdict.INVALID}
+    GATED = ("the standard, main AT and matched models and the early-stopped snapshots of every seed (learned, on the "
+             "whole test set), and the main AT models (robust)")
 
     max_gap: float = const(0.015, "(c): the control is matched if |clean acc(matched) − clean acc(AT)| ≤ this "
                                   "(seed means, whole test set)")
@@ -109,5 +112,5 @@ def decide(c: dict[str, Any], matched: bool) -> dict[str, Any]:
 def verdict(an: Analysis, metric: str = "spearman") -> dict[str, Any]:
     """Apply the rule to the analysis' intervals."""
     c = an.correlations[metric]
-    return {"rule": RULE.text(), "metric": metric, "score": "top-class log-odds",
-            **decide(c, RULE.matched(an.matched))}
+    out = {"rule": RULE.text(), "metric": metric, "score": "top-class log-odds", **decide(c, RULE.matched(an.matched))}
+    return out | validity.gated(out["outcome"], an.gates)

@@ -25,12 +25,13 @@ from scipy import stats as sps
 from atlib.core import stats
 from atlib.core.runtime import progress_default
 from atlib.core.stats import kendall, spearman
-from atlib.studies import context as cx
+from atlib.studies import context as cx, validity
 from atlib.studies.confidence.early import Snapshot, early_snapshots
 from atlib.studies.confidence.matched import MatchedControl, matched_control
 from atlib.studies.confidence.settings import ConfidenceSettings
 from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as ex
+from atlib.studies.shrinkage.rules import RULE as GATES_RULE  # the validity gates' thresholds, written once there
 from atlib.training import train
 
 Tensor = torch.Tensor
@@ -205,6 +206,7 @@ class Analysis:
     correlations: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # metric -> comparison
     jaccard: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     models_cached: bool = True
+    gates: list[validity.Gate] = field(default_factory=list)  # every model's validity gates (chapter 02's thresholds)
 
     @property
     def seeds(self) -> list[int]:
@@ -257,12 +259,22 @@ def analyse(ctx: cx.Context, data_root: str | None = None, progress: bool | None
               "early": {s: e.logits for s, e in early.items()}}
     an = Analysis(ctx, st, std_spec, at_spec, logits, d.test_y.cpu(), d.test_x.cpu(), torch.arange(len(d.test_y)),
                   matched, early, models_cached=all(r.cached for r in runs))
+    an.gates = model_gates(runs, at_spec, logits, an.labels)
     an.correlations = {name: comparisons(logits, fn) for name, fn in CORRELATIONS.items()}
     for k in st.topk:
         if k <= len(an.labels):
             an.jaccard[str(k)] = {side: comparisons(logits, topk_jaccard_fn(k, side == "top"), keys=PRIMARY)
                                   for side in ("top", "bottom")}
     return an
+
+
+def model_gates(runs: Sequence[ex.ModelRun], at_spec: ModelSpec, logits: Mapping[str, Mapping[int, Tensor]],
+                labels: Tensor) -> list[validity.Gate]:
+    """Every model's *learned* gate on the whole test set (standard, AT, matched, early snapshots) and the main AT
+    models' *robust* gate on chapter 02's evaluation subset, with chapter 02's thresholds (its rule object)."""
+    out = [validity.learned(f"{family}_s{s}", z, labels, GATES_RULE.learned_margin)
+           for family, by_seed in logits.items() for s, z in sorted(by_seed.items())]
+    return out + [g for g in GATES_RULE.model_gates(runs, (), at_spec) if g.name.startswith("robust")]
 
 
 def groups(an: Analysis, seed: int, size: int | None = None) -> dict[str, Tensor]:

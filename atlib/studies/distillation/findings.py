@@ -126,6 +126,10 @@ def verdict_text(verdict: dict[str, Any]) -> str:
     """Markdown lines stating, per T, what the rule gives and which statistic decided it."""
     lines = []
     for T, v in verdict["by_T"].items():
+        if "invalid_reason" in v:
+            lines.append(f"- **T = {T}: claim 3 {v['claim3']}** ({v['invalid_reason']}); what the rule would read "
+                         f"from these students is not evidence: (A) {v['A']['outcome']}, (B) {v['B']}, (C) {v['C']}.")
+            continue
         lines.append(f"- **T = {T}: claim 3 {v['claim3']}.** (A) robustness distils: {v['A']['outcome']}; "
                      f"(B) incorrect-class information essential: {v['B']}; (C) sample-wise confidence essential: "
                      f"{v['C']}. Decided by: {decided_by(v)}."

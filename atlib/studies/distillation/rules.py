@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from atlib.core import stats
+from atlib.studies import validity
 from atlib.studies.distillation.targets import ABLATIONS
 from atlib.studies.rule import Rule, const
 from atlib.studies.verdict import Verdict
@@ -64,9 +65,13 @@ class PairedRule(Rule):
     OUTCOMES = {Verdict.SUPPORTED: "A holds, and B and C are supported",
                 Verdict.NOT_SUPPORTED: "A refuted: an interval below E = {ceiling_fraction} × (the ceiling − b); or B "
                                        "or C contradicted",
-                Verdict.INCONCLUSIVE: "A undecided, or B or C inconclusive"}
+                Verdict.INCONCLUSIVE: "A undecided, or B or C inconclusive",
+                Verdict.INVALID: validity.INVALID_WHEN + ", or the PGD-AT student is at chance"}
     LEDGER = {Verdict.SUPPORTED: Verdict.SUPPORTED, Verdict.NOT_SUPPORTED: Verdict.NOT_SUPPORTED,
-              Verdict.INCONCLUSIVE: Verdict.INCONCLUSIVE}
+              Verdict.INCONCLUSIVE: Verdict.INCONCLUSIVE, Verdict.INVALID: Verdict.INVALID}
+    GATED = ("the teachers (chapter 02's standard and main AT models of every seed: learned, and the AT teachers "
+             "robust) and the PGD-AT students (the ceiling: worst-case robust accuracy at least chapter 02's "
+             "`learned_margin` above the constant predictor's, or D has nothing to be a fraction of)")
 
     full: str = const("full", "the student distilled from the AT teacher's full output")
     baseline: str = const("standard_teacher", "b: the student of a teacher with no robustness, the baseline of D")
@@ -90,6 +95,8 @@ class PairedRule(Rule):
 
     def across_temperatures(self, verdicts: Mapping[str, str]) -> tuple[str, str]:
         """Claim 3 over every T from the ledger verdicts at each T (the ``across`` part): verdict, and how."""
+        if any(v == Verdict.INVALID for v in verdicts.values()):
+            return Verdict.INVALID, "invalid: a model the rule reads failed a validity gate"
         if all(v == Verdict.SUPPORTED for v in verdicts.values()):
             return Verdict.SUPPORTED, "supported at every temperature"
         if all(v == Verdict.NOT_SUPPORTED for v in verdicts.values()):

@@ -10,11 +10,13 @@ import pandas as pd
 import torch
 
 from atlib.core import stats
+from atlib.studies import validity
 from atlib.studies.distillation import rules
 from atlib.studies.distillation.runs import WORST_CASE, Grid, StudentRun, eval_attacks
 from atlib.studies.distillation.targets import ABLATIONS, TeacherLogits, property_records, ratio_rescale_inverts, soften
 from atlib.studies.prose import fmt
 from atlib.studies.context import Context
+from atlib.studies.shrinkage.rules import RULE as GATES_RULE  # the validity gates' thresholds, written once there
 
 # per-student accuracies: summary key -> robustness mask (``robust``: the worst case over ``WORST_CASE``)
 METRICS = {"clean": "clean", "pgd_ce": "ce", "pgd_margin": "margin", "apgd_ce": "apgd_ce", "apgd_dlr": "apgd_dlr",
@@ -59,8 +61,22 @@ def aggregate(grid: Grid) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------- the verdict
-def claim3(grid: Grid) -> dict[str, Any]:
-    """``rules.claim3_at_T`` at every T on the worst-case robust accuracies, seeds paired by position."""
+def gates(grid: Grid, labels: torch.Tensor) -> list[validity.Gate]:
+    """The validity gates claim 3 reads (thresholds: chapter 02's rule): the teachers' (learned; the AT teachers
+    robust) and the ceiling's (each PGD-AT student's worst-case robust accuracy above the constant predictor's on
+    the students' evaluation images ``labels``)."""
+    runs = [r for s in sorted(grid.teachers) for r in grid.teachers[s].values()]
+    at = [r.spec for r in runs if r.spec.kind == "at"]
+    out = GATES_RULE.model_gates(runs, tuple(dict.fromkeys(r.spec for r in runs)), at[0]) if at else []
+    return out + [validity.above_constant(f"ceiling above chance: {rules.RULE.ceiling}_s{r.seed}", r.acc("robust"),
+                                          labels, GATES_RULE.learned_margin, "worst-case robust")
+                  for r in sorted(grid.ceiling, key=lambda r: r.seed)]
+
+
+def claim3(grid: Grid, labels: torch.Tensor) -> dict[str, Any]:
+    """``rules.claim3_at_T`` at every T on the worst-case robust accuracies, seeds paired by position, behind the
+    validity gates (:func:`gates`): a failed gate makes claim 3 **invalid** at every T, with its reason."""
+    checked = gates(grid, labels)
     ceiling = sorted(grid.ceiling, key=lambda r: r.seed)
     by_T = {}
     for T in grid.temperatures:
@@ -70,10 +86,13 @@ def claim3(grid: Grid) -> dict[str, Any]:
         robust = {a: [r.acc("robust") for r in v] for a, v in runs.items()}
         flags = {a: [bool(r.flags) for r in v] for a, v in runs.items()} | {
             rules.RULE.ceiling: [bool(r.flags) for r in ceiling]}
-        by_T[f"{T:g}"] = rules.claim3_at_T(robust, [r.acc("robust") for r in ceiling], flags) | {
-            "ceiling": stats.mean_ci([r.acc("robust") for r in ceiling]).as_dict()}
+        v = rules.claim3_at_T(robust, [r.acc("robust") for r in ceiling], flags)
+        g = validity.gated(v["claim3"], checked)
+        by_T[f"{T:g}"] = v | {"claim3": g["outcome"], "ceiling": stats.mean_ci([r.acc("robust") for r in ceiling]).as_dict()} | (
+            {} if g["valid"] else {"decided_by": [], "invalid_reason": g["invalid_reason"]})
     return {"rule": rules.RULE.text(), "seeds": list(grid.seeds), "measure": "worst-case robust accuracy over "
-            + ", ".join(WORST_CASE), "by_T": by_T}
+            + ", ".join(WORST_CASE), "by_T": by_T, "gates": [x.as_dict() for x in checked],
+            "valid": not validity.failed(checked)}
 
 
 # ---------------------------------------------------------------------------------------------- tables

@@ -50,8 +50,10 @@ class ShrinkageRule(Rule):
             "*robust* (its robust accuracy under the profile's L∞ PGD-CE evaluation attack exceeds both the standard "
             "models' mean and the constant predictor's accuracy by at least {robust_margin} pp)."),
     }
+    OUTCOMES = {Verdict.INVALID: validity.INVALID_WHEN}
     LEDGER = {Verdict.SUPPORTED: Verdict.SUPPORTED, Verdict.NOT_SUPPORTED: Verdict.NOT_SUPPORTED,
-              Verdict.INCONCLUSIVE: Verdict.INCONCLUSIVE}
+              Verdict.INCONCLUSIVE: Verdict.INCONCLUSIVE, Verdict.INVALID: Verdict.INVALID}
+    GATED = "the standard and main AT models of every seed (learned), and the main AT models (robust)"
 
     claim_stats: Mapping[str, str] = const({"mean_logit_gap": "Δ logit gap", "mean_max_logit": "Δ max logit"},
                                            "the statistics claim 1 reads (summary key -> the ledger's label)")
@@ -91,6 +93,12 @@ class ShrinkageRule(Rule):
                 "reference": stats.stat_label(self.reference),
                 **{k: pp(v) for k, v in self.convergence.items()}, "student_convergence": pp(self.student_convergence),
                 "learned_margin": pp(self.learned_margin), "robust_margin": pp(self.robust_margin)}
+
+    def decide(self, clean: Mapping[str, Mapping[str, Any]], gates: Sequence[validity.Gate]) -> dict[str, Any]:
+        """Claim 1 behind its validity gates: ``{outcome, reason, gates, valid[, invalid_reason]}``."""
+        outcome, why = self.claim(clean)
+        out = validity.gated(outcome, gates)
+        return out | {"reason": why if out["valid"] else f"invalid: {out['invalid_reason']}"}
 
     def claim(self, clean: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
         """Claim 1 from chapter 02's per-statistic results (``paired_shrinkage`` on clean inputs): outcome, reason."""

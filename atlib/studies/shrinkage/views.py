@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from atlib.core import stats
+from atlib.studies import validity
 from atlib.studies.context import Context
 from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.prose import fmt
@@ -74,6 +75,17 @@ def eps_sweep_frame(eps: Sequence[float], series: dict[str, list[stats.Interval]
     return pd.DataFrame({k: [fmt(iv) for iv in v] for k, v in series.items()}, index=[f"ε={e:.4g}" for e in eps])
 
 
+def gates(ctx: Context, runs: Sequence[ModelRun]) -> list[validity.Gate]:
+    """Claim 1's validity gates: the standard and main AT models learned, the main AT models robust."""
+    p = ctx.profile
+    return rules.RULE.model_gates(runs, (p.model_specs()[0], p.main_at), p.main_at)
+
+
+def gates_text(ctx: Context, runs: Sequence[ModelRun]) -> str:
+    """The gates as the chapter shows them, before claim 1 is read."""
+    return validity.gates_markdown(gates(ctx, runs), "the standard and main AT models of every seed")
+
+
 def summary(ctx: Context, runs: Sequence[ModelRun], shrink: dict[str, Any], eps: Sequence[float],
             series: dict[str, list[stats.Interval]], pilot: dict[str, Any] | None) -> dict[str, Any]:
     """Chapter 02's part of ``summary.json``: every model, claim 1's paired differences (clean and attacked), the ε
@@ -82,7 +94,8 @@ def summary(ctx: Context, runs: Sequence[ModelRun], shrink: dict[str, Any], eps:
     return {
         "models": [model_record(ctx, r) for r in runs],
         "shrinkage": {"base": "standard", "treated": p.main_at.name, "clean": shrink,
-                      "attacked_linf_ce": rules.paired_shrinkage(runs, p.model_specs()[0], p.main_at, "linf_ce")},
+                      "attacked_linf_ce": rules.paired_shrinkage(runs, p.model_specs()[0], p.main_at, "linf_ce"),
+                      "claim": rules.RULE.decide(shrink, gates(ctx, runs))},
         "eps_sweep": [{"eps": e} | {k: iv.as_dict() for k, iv in zip(series, ivs)}
                       for e, ivs in zip(eps, zip(*series.values()))],
         "convergence": convergence.convergence_section(pilot, p),
