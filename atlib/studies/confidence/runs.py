@@ -272,7 +272,8 @@ def model_gates(runs: Sequence[ex.ModelRun], at_spec: ModelSpec, logits: Mapping
                 labels: Tensor) -> list[validity.Gate]:
     """Every model's *learned* gate on the whole test set (standard, AT, matched, early snapshots) and the main AT
     models' *robust* gate on chapter 02's evaluation subset, with chapter 02's thresholds (its rule object)."""
-    out = [validity.learned(f"{family}_s{s}", z, labels, GATES_RULE.learned_margin)
+    name = {"std": "standard", "at": at_spec.name, "matched": "matched", "early": "early_stopped"}
+    out = [validity.learned(f"{name.get(family, family)}_s{s}", z, labels, GATES_RULE.learned_margin)
            for family, by_seed in logits.items() for s, z in sorted(by_seed.items())]
     return out + [g for g in GATES_RULE.model_gates(runs, (), at_spec) if g.name.startswith("robust")]
 
