@@ -203,6 +203,28 @@ def test_finishing_a_notebook_for_the_book():
                                                                ["remove-input"]]
 
 
+def test_provenance_box_parses_as_myst_with_the_settings_folded_inside():
+    """The provenance box and the settings dropdown nested in it are both directives to MyST: no fence, option or
+    TOML line is left as paragraph text (a backtick in the inner box's title once kept it from being parsed)."""
+    from docutils import nodes
+    from docutils.core import publish_doctree
+    from myst_parser.parsers.docutils_ import Parser
+
+    from atlib.book import pages
+    from atlib.studies.profiles import PROFILES, profile_toml
+
+    prov = pages.Provenance("smoke", "digits, tests", "digits", "mlp, width 64", "cpu (2 cores)", (0, 1), "0123abc",
+                            "2026-01-01 00:00", 12.3, profile_toml(PROFILES["smoke"]))
+    doc = publish_doctree(prov.markdown(), parser=Parser(), settings_overrides={"report_level": 5})
+    outer = [n for n in doc.findall(nodes.admonition) if "atbook-provenance" in n["classes"]]
+    assert len(outer) == 1
+    inner = [n for n in outer[0].findall(nodes.admonition) if "dropdown" in n["classes"]]
+    assert len(inner) == 1 and inner[0].next_node(nodes.title).astext().startswith("Every setting of this profile")
+    assert inner[0].next_node(nodes.literal_block).astext().strip() == profile_toml(PROFILES["smoke"]).strip()
+    prose = "\n".join(p.astext() for p in doc.findall(nodes.paragraph))
+    assert "```" not in prose and "~~~" not in prose and ":class:" not in prose and "name =" not in prose
+
+
 def test_html_lands_in_the_books_own_folder(monkeypatch, tmp_path):
     """jupyter-book 1.x builds next to the nearest _config.yml up the tree unless told otherwise; for
     book/ that is the repository root, so the runner must pass --path-output."""

@@ -2,7 +2,8 @@
 page by page in headless Chromium (Debian's `chromium`, driven by Playwright without downloading a browser).
 
 Each page must show its title, load every figure (natural width > 0), render its math with the book's own
-MathJax (no CDN: the test blocks every request that leaves localhost and fails on it), and raise no
+MathJax (no CDN: the test blocks every request that leaves localhost and fails on it), show no MyST source
+that the build left unparsed (a fence, a directive option, a role) in its visible text, and raise no
 JavaScript error, console error or failed request. A screenshot of each page's top is saved to a temp folder;
 with ``$ATBOOK_SCREENSHOTS`` set, full-page screenshots go there, for a person to look at.
 """
@@ -37,6 +38,10 @@ def page_title(entry: str) -> str:
     lines = (src if src.exists() else book.REPO / "pages" / f"{entry}.md").read_text().splitlines()
     head = "# # " if src.exists() else "# "  # a chapter's markdown is commented out in py:percent
     return next(ln.removeprefix(head) for ln in lines if ln.startswith(head))
+
+
+# MyST that a reader must never see: fences (```{admonition}, ~~~~), directive options (:class:), roles ({glue:text}`x`)
+UNPARSED_MYST = re.compile(r"```|~~~|:class:|^:[a-z-]+:\s|\{glue:|\{[a-z-]+(?::[a-z-]+)?\}`", re.MULTILINE)
 
 
 def plain(text: str) -> str:
@@ -108,7 +113,9 @@ def load(browser, base: str, name: str, shot: Path) -> dict:
         mjx: document.querySelectorAll('article mjx-container').length,
         mjxErrors: document.querySelectorAll('mjx-merror').length,
         mathjaxSrc: Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s)),
+        text: (document.querySelector('article') || document.body).innerText,
     })""")
+    info["myst"] = sorted({m.group(0) for m in UNPARSED_MYST.finditer(info.pop("text"))})
     page.screenshot(path=str(shot / f"{Path(name).stem}.png"), full_page=FULL_PAGE)
     page.close()
     return info | {"errors": errors, "offhost": offhost}
@@ -130,6 +137,8 @@ def test_every_page_renders_in_chromium(served, browser, shots):
             problems.append(f"{entry}: {r['mjxErrors']} MathJax errors")
         if any(not s.startswith(base) for s in r["mathjaxSrc"]):
             problems.append(f"{entry}: MathJax not served by the book itself: {r['mathjaxSrc']}")
+        if r["myst"]:
+            problems.append(f"{entry}: unparsed MyST in the visible text: {r['myst']}")
         problems += [f"{entry}: {e}" for e in r["errors"]]
         problems += [f"{entry}: request leaves the book: {u}" for u in r["offhost"]]
     assert not problems, f"screenshots in {shots}\n" + "\n".join(problems)
@@ -146,7 +155,8 @@ def test_browser_check_fails_on_a_broken_page(served, browser, shots, tmp_path):
     bad = html / "_broken_test_page.html"
     bad.write_text("<html><head><title>broken</title><script src='https://cdn.example.org/x.js'></script></head>"
                    "<body><article><h1>broken</h1><img src='missing.png'><script>undefinedFunction()</script>"
-                   "</article></body></html>")
+                   "<p>```{admonition} Every setting</p><p>:class: dropdown</p><p>{glue:text}`n_eval`</p>"
+                   "<p hidden>```{hidden} is not visible</p></article></body></html>")
     try:
         r = load(browser, base, bad.name, tmp_path)
     finally:
@@ -155,3 +165,4 @@ def test_browser_check_fails_on_a_broken_page(served, browser, shots, tmp_path):
     assert any("HTTP 404" in e and "missing.png" in e for e in r["errors"])
     assert r["offhost"] == ["https://cdn.example.org/x.js"]
     assert [w for _, _, w in r["images"]] == [0]
+    assert r["myst"] == [":class:", "```", "{glue:"]

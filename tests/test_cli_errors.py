@@ -1,8 +1,12 @@
 """Newcomer papercuts: bad input is one ``error: ...`` line and exit 2 (never a traceback), a run records into
 results/ only with ``--record``, chapters show their progress on the terminal (never in the book), and glued
 values are visible when a chapter runs outside the book build."""
+import ctypes
+import dataclasses
 import io
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -214,3 +218,143 @@ def test_glue_echo_in_an_interactive_kernel(tmp_path, monkeypatch):
     text = [o.text for o in cells[0].outputs if o.output_type == "stream"]
     assert "".join(text) == "glued: x = 1.5, n_eval = 1000\n"
     assert cells[1].outputs == []
+
+
+# ---------------------------------------------------------------- the built-in profiles' published folders
+
+def _published_state() -> dict:
+    """Name, size and mtime of every file under the repository's book/ (outside _build) and results/."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for d in ("book", "results")
+            for p in (REPO / d).rglob("*") if p.is_file() and "_build" not in p.parts}
+
+
+def test_a_profile_file_cannot_take_over_a_builtin_profiles_published_folders(tmp_path, capsys):
+    """A file named after a built-in (its name defaults to the file's stem) or naming one: refused before anything
+    is written, for every command; only the built-in default profile itself writes book/."""
+    from atlib.studies.profiles import PROFILES, UnknownProfileError, get_profile, profile_toml
+
+    before = _published_state()
+    stem = tmp_path / "t2" / "fashion.toml"
+    stem.parent.mkdir()
+    stem.write_text('extends = "smoke"\n')
+    named = tmp_path / "mine.toml"
+    named.write_text('extends = "smoke"\nname = "fashion"\n')
+    for argv in (["book", "--profile", str(stem)], ["book", "--profile", str(named), "--out", str(REPO / "book")],
+                 ["book", "--profile", str(named), "--record", "--out", str(tmp_path / "o")],
+                 ["compute", "--profile", str(stem), "--cache-dir", str(tmp_path / "c")],
+                 ["pilot", "convergence", "--profile", str(named), "--cache-dir", str(tmp_path / "c")]):
+        assert cli.main(argv) == 2, argv
+        err = _one_error_line(capsys)
+        assert "name = 'fashion' is the built-in profile's" in err and "dataset" in err, err
+    assert _published_state() == before and not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
+    # a name that is a path would reach outside _build/books/ and results/
+    escape = tmp_path / "escape.toml"
+    escape.write_text('extends = "smoke"\nname = "../book"\n')
+    with pytest.raises(UnknownProfileError, match="cannot name a folder"):
+        get_profile(escape)
+    # a profile derived in Python under a built-in's name, too
+    with pytest.raises(UnknownProfileError, match="name = 'fashion' is the built-in"):
+        runner.run_book(dataclasses.replace(PROFILES["fashion"], epochs=1), html=False)
+    assert _published_state() == before
+    # a file that resolves to the built-in itself (what a build writes as <out>/profile.toml) is that profile
+    same = tmp_path / "profile.toml"
+    same.write_text(profile_toml(PROFILES["fashion"]))
+    assert get_profile(same) == PROFILES["fashion"]
+
+
+def test_out_never_inside_the_repositorys_own_folders(tmp_path):
+    from atlib.studies.profiles import DEFAULT_PROFILE
+
+    runner.check_out(DEFAULT_PROFILE, REPO / "book")  # the default profile (re)publishes its book
+    runner.check_out("smoke", tmp_path / "new")
+    runner.check_out("smoke", REPO / "_build" / "books" / "smoke")
+    for out, what in ((REPO / "book", "published"), (REPO / "book" / "sub", "published"), (REPO, "contains the repository"),
+                      (REPO.parent, "contains the repository"), (REPO / "results" / "smoke", "results/"),
+                      (REPO / "chapters" / "x", "chapters/")):
+        with pytest.raises(BadInputError, match=what):
+            runner.check_out("smoke", out)
+    with pytest.raises(BadInputError, match="results/"):
+        runner.check_out(DEFAULT_PROFILE, REPO / "results" / "fashion")
+
+
+# ---------------------------------------------------------------- bad input: one error line, exit code 2
+
+def test_argparse_errors_are_one_error_line_too(capsys):
+    for argv, fragment in ((["bench", "--batch-size", "0"], "--batch-size: '0': need a whole number >= 1"),
+                           (["bench", "--repeats", "x"], "--repeats: 'x'"),
+                           (["book", "--workers", "0"], "--workers='0': need a whole number >= 1"),
+                           (["compute", "--bogus"], "unrecognized arguments: --bogus"),
+                           ([], "required")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2, argv
+        assert fragment in _one_error_line(capsys), argv
+
+
+def test_bad_workers_from_the_environment_on_compute(monkeypatch, capsys, tmp_path):
+    from atlib.book import compute
+
+    def never(*a, **kw):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(compute.ex, "training_runs", never)
+    monkeypatch.setenv("ATLIB_WORKERS", "abc")
+    for argv in (["compute", "--profile", "smoke", "--cache-dir", str(tmp_path / "c")],
+                 ["pilot", "convergence", "--profile", "smoke", "--cache-dir", str(tmp_path / "c")]):
+        assert cli.main(argv) == 2
+        assert "ATLIB_WORKERS='abc'" in _one_error_line(capsys)
+    assert not (tmp_path / "c").exists()
+
+
+def test_pilot_passes_its_executor_on(monkeypatch, tmp_path):
+    from atlib.book import pilot
+
+    seen = {}
+
+    def convergence(ctx, progress=True):
+        seen["executor"] = ctx.executor
+        raise KeyboardInterrupt  # stop here: nothing is trained
+
+    monkeypatch.setattr(pilot, "convergence", convergence)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["pilot", "convergence", "--profile", "smoke", "--executor", "dask-local:2", "--cache-dir",
+                  str(tmp_path / "c"), "--out", str(tmp_path / "p.json")])
+    assert seen["executor"] == "dask-local:2"
+
+
+def _unprivileged(argv: list[str]) -> subprocess.CompletedProcess:
+    """``python -m atlib ARGV`` in a process that file permissions apply to: as root (a container), the child drops
+    CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from its capability bounding set before it starts."""
+    drop = None
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def drop():
+            for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+                if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                    raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+    return subprocess.run([sys.executable, "-m", "atlib", *argv], capture_output=True, text=True, preexec_fn=drop,
+                          env=os.environ | {"PYTHONPATH": str(REPO)})
+
+
+@pytest.mark.slow  # two fresh interpreters importing torch
+def test_read_only_out_and_cache_are_named_before_any_work(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "existing").mkdir()
+    ro.chmod(0o555)
+    (ro / "existing").chmod(0o555)
+    try:
+        probe = _unprivileged(["bench", "--help"])
+        if probe.returncode != 0:
+            pytest.skip(f"cannot start an unprivileged child here: {probe.stderr[-300:]}")
+        for argv, path in ((["book", "--profile", "smoke", "--out", str(ro / "out")], ro / "out"),
+                           (["compute", "--profile", "smoke", "--cache-dir", str(ro / "existing")], ro / "existing")):
+            res = _unprivileged(argv)
+            assert res.returncode == 2, res.stderr
+            assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+            assert f"{path} is not writable" in res.stderr
+        assert not (ro / "out").exists() and list((ro / "existing").iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+        (ro / "existing").chmod(0o755)

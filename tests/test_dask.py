@@ -6,6 +6,7 @@ import math
 import os
 import socket
 import struct
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -270,10 +271,43 @@ def test_parse_executor_and_bad_values(monkeypatch, capsys):
         assert e.value.code == 2 and "--executor" in capsys.readouterr().err
 
 
-def test_an_unreachable_scheduler_is_bad_input_before_anything_is_written(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine, "CONNECT_TIMEOUT_S", 2)
+def _closed_port() -> int:
+    """A loopback port that nothing listens on (bound, then closed: a connection to it is refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_scheduler_is_bad_input_before_anything_is_written(tmp_path, capsys):
+    """A refused connection fails at once (the connect timeout, 20 s, is for silence), for book and compute."""
+    port = _closed_port()
     out = tmp_path / "book"
-    assert cli.main(["book", "--profile", "smoke", "--out", str(out), "--executor", "tcp://127.0.0.1:9"]) == 2
-    err = capsys.readouterr().err
-    assert "error: --executor tcp://127.0.0.1:9: no Dask scheduler answered within 2 s" in err and "dask scheduler" in err
-    assert not out.exists() and engine._CLIENT is None
+    for argv in (["book", "--profile", "smoke", "--out", str(out)], ["compute", "--profile", "smoke", "--cache-dir",
+                                                                      str(tmp_path / "c")]):
+        t0 = time.perf_counter()
+        assert cli.main([*argv, "--executor", f"tcp://127.0.0.1:{port}"]) == 2
+        assert time.perf_counter() - t0 < 5, "a refused connection is not waited out"
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: --executor tcp://127.0.0.1:{port}: connection refused" in err
+        assert "dask scheduler" in err
+    assert not out.exists() and not (tmp_path / "c").exists() and engine._CLIENT is None
+    assert engine.CONNECT_TIMEOUT_S == 20
+
+
+def test_a_silent_scheduler_address_still_gets_the_timeout_and_a_real_one_connects(monkeypatch):
+    """Something accepts the connection but never speaks Dask (an HTTP port, say): the client waits
+    CONNECT_TIMEOUT_S, then says so (Dask's own client waited for ever). A real scheduler still connects."""
+    from distributed import LocalCluster
+
+    monkeypatch.setattr(engine, "CONNECT_TIMEOUT_S", 2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        t0 = time.perf_counter()
+        with pytest.raises(engine.ExecutorError, match="no Dask scheduler answered within 2 s"):
+            engine.check_reachable(f"tcp://127.0.0.1:{s.getsockname()[1]}")
+        assert 2 <= time.perf_counter() - t0 < 10
+    assert engine._CLIENT is None
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=None) as cluster:
+        engine.check_reachable(cluster.scheduler_address)  # connects, then disconnects
+    assert engine._CLIENT is None

@@ -82,7 +82,9 @@ def test_toml_overrides_in_the_nesting_of_the_dataclasses(tmp_path):
     ('extends = "fashion"\nl2_eps = 28.01\n', "l2_eps = 28.01: an L2 ε must be > 0 and at most the diameter of the "
                                              "fashion images, sqrt(C·H·W) = sqrt(1·28·28) = 28"),
     ('extends = "smoke"\nl2_eps = 0\n', "l2_eps = 0.0: an L2 ε must be > 0"),
-    ('extends = "imagenet"\n', "extends = 'imagenet' is not a built-in profile; valid: smoke, fashion"),
+    ('extends = "imagenet"\n', "extends = 'imagenet' is not a built-in profile; valid: 'smoke', 'fashion'"),
+    ('extends = ["smoke"]\n', "extends = ['smoke'] is not a built-in profile; valid: 'smoke'"),
+    ('extends = "smoke"\n[audit]\nmain_subset = -5\n', 'bad main_subset=-5: at least 1 (or "none" for all)'),
     ('extends = "smoke"\nepochs = \n', "is not valid TOML"),
     ('name = "partial"\nepochs = 3\n', "missing keys"),
 ])
@@ -122,7 +124,18 @@ def test_config_errors_are_value_errors_with_types_in_words():
                                        "bound_steps": 2}).lr == 1.0  # ints widen to float
 
 
+def test_toml_errors_spell_values_as_toml_does(tmp_path):
+    """The dataclasses' checks are written in Python; a profile file's reader sees TOML's words."""
+    with pytest.raises(UnknownProfileError) as e:
+        get_profile(_write(tmp_path, 'extends = "smoke"\n[audit]\nstudent_seeds = 0\n'))
+    assert '"none"' in str(e.value) and "None" not in str(e.value)
+
+
 def test_cli_rejects_a_bad_profile_file_before_anything_runs(tmp_path, capsys):
+    for text in ('extends = ["smoke"]\n', 'extends = "smoke"\n[audit]\nmain_subset = -5\n'):
+        assert cli.main(["compute", "--profile", str(_write(tmp_path, text)), "--cache-dir", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     bad = _write(tmp_path, 'extends = "smoke"\n[distill]\nepochz = 3\n')
     for cmd in ("book", "compute"):
         assert cli.main([cmd, "--profile", str(bad), "--out" if cmd == "book" else "--cache-dir",

@@ -194,6 +194,31 @@ def test_unpicklable_payload_with_valid_checksum(tmp_path):
     assert (tmp_path / "key.corrupt").exists()
 
 
+def test_the_json_beside_an_artifact_is_never_read(tmp_path, monkeypatch):
+    """``<key>.json`` is a readable copy of an artifact's settings for a person browsing the cache (README, "The
+    cache"): the store never opens it (the checksummed ``.pt`` holds everything), so a damaged one cannot be served;
+    the artifact loads and the file is left as it is."""
+    import builtins
+    import io
+
+    store = Store(tmp_path)
+    store.save("key", artifact(), meta={"lr": 0.1})
+    side = tmp_path / "key.json"
+    side.write_bytes(b"\x00 not json {")
+    opened = []
+    for mod, name in ((builtins, "open"), (io, "open"), (os, "open")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda f, *a, _real=real, **kw: opened.append(str(f)) or _real(f, *a, **kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        obj, hit = store.get_or_compute("key", lambda: pytest.fail("recomputed a valid artifact"), meta={"lr": 0.1})
+    monkeypatch.undo()
+    assert hit and any(f.endswith("key.pt") for f in opened), opened  # the spy saw the artifact being read
+    assert not [f for f in opened if f.endswith(".json")]
+    assert_same(obj, artifact())
+    assert side.read_bytes() == b"\x00 not json {"
+
+
 # ---------------------------------------------------------------- atomic writes
 
 def test_failed_replace_keeps_previous_artifact(tmp_path, monkeypatch):

@@ -1,18 +1,41 @@
-"""``python -m atlib {book,html,compute,pilot,bench}``: build the executed book, re-render it, fill the cache without
+"""python -m atlib {book,html,compute,pilot,bench}: build the executed book, re-render it, fill the cache without
 notebooks, run the convergence pilot (the profile's models again at twice their epochs), or benchmark
 adversarial training against a plain loop.
 
-Exit codes: 0 done; 2 bad input, reported as one ``error: ...`` line before anything ran or was written (an
-unknown profile, a bad --device / --workers / --executor / --out, a data root without the data); 1 a chapter or the HTML
-build failed while running (the message says where; a failed chapter's notebook is kept).
+Exit codes: 0 done; 2 bad input, reported as one "error: ..." line before anything ran or was written (an
+unknown option or profile, a bad --device / --workers / --executor / --out / --cache-dir, a data root without
+the data); 1 a chapter or the HTML build failed while running (the message says where; a failed chapter's
+notebook is kept). Each command's options: python -m atlib COMMAND --help.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from atlib.studies.profiles import DEFAULT_PROFILE, PROFILES
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the rest of atlib's bad input: one ``error: ...`` line, exit code 2 (no usage
+    block; ``--help`` shows it)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _count(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{text!r}: need a whole number >= {low}")
+        return n
+    return parse
 
 
 def _workers(text: str) -> int:
@@ -42,15 +65,17 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bn = sub.add_parser("bench", help="time atlib's PGD adversarial-training epoch against a plain reference loop")
-    bn.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18"))
-    bn.add_argument("--batch-size", type=int, default=256)
-    bn.add_argument("--steps", type=int, default=10, help="PGD steps (L∞, ε=8/255)")
-    bn.add_argument("--n-images", type=int, default=2048, help="synthetic images per timed epoch")
-    bn.add_argument("--repeats", type=int, default=3, help="timed runs per loop; the median counts")
+    bn.add_argument("--model", default="small_cnn", choices=("small_cnn", "resnet18"),
+                    help="the network both loops train: small_cnn (the fashion profile's, width 16) or resnet18 "
+                         "(PreActResNet-18, the cifar10 profile's); default small_cnn")
+    bn.add_argument("--batch-size", type=_count(1), default=256, help="images per training batch (default 256)")
+    bn.add_argument("--steps", type=_count(0), default=10, help="PGD steps (L∞, ε=8/255)")
+    bn.add_argument("--n-images", type=_count(1), default=2048, help="synthetic images per timed epoch")
+    bn.add_argument("--repeats", type=_count(1), default=3, help="timed runs per loop; the median counts")
     bn.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     bn.add_argument("--no-fast", action="store_true", help="time atlib without its CUDA speed-ups (bf16, "
                     "channels_last, fused SGD, torch.compile; $ATLIB_COMPILE=0 turns off compile alone)")
-    bn.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    bn.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads (default: torch's choice)")
     bn.add_argument("--json", default=None, help="also write the measurements to this JSON file")
     bn.add_argument("--ensemble", action="store_true", help="instead: 6 small CNNs one by one vs one torch.func.vmap "
                                                             "over their stacked weights (one thread, CPU): the AT "
@@ -70,8 +95,9 @@ def _bench(args: argparse.Namespace) -> int:
                               repeats=args.repeats * 7, width=8, input_grad=False)}, indent=1))
         return 0
     try:
-        bench_main(BenchConfig(args.model, args.batch_size, args.steps, args.n_images, args.repeats, args.device,
-                               fast=not args.no_fast, threads=args.threads), args.json)
+        cfg = BenchConfig(args.model, args.batch_size, args.steps, args.n_images, args.repeats, args.device,
+                          fast=not args.no_fast, threads=args.threads)
+        bench_main(cfg, args.json)
     except DeviceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -80,7 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _common() -> argparse.ArgumentParser:
     """The options every profile command shares."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--profile", default=DEFAULT_PROFILE,
                         help=f"one of: {', '.join(PROFILES)} (default {DEFAULT_PROFILE}), or a TOML profile file "
                              f"(extends = \"fashion\" plus overrides; see README, 'Your own profile')")
@@ -129,7 +155,9 @@ def _dispatch(args: argparse.Namespace) -> None:
     elif args.cmd == "pilot":
         from atlib.book.pilot import run_pilot
 
-        print(f"pilot record: {run_pilot(args.profile, args.out, args.cache_dir, args.data_root, args.device, args.workers)}")
+        path = run_pilot(args.profile, args.out, args.cache_dir, args.data_root, args.device, args.workers,
+                         args.executor)
+        print(f"pilot record: {path}")
     else:
         from atlib.book.compute import compute_all
 
@@ -138,8 +166,8 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m atlib", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    ap = _Parser(prog="python -m atlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{book,html,compute,pilot,bench}")
     common = _common()
     _add_book(sub, common)
     sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from atlib.book.preflight import check_run
 from atlib.studies import context as cx
 from atlib.studies.audit import runs as audit
 from atlib.studies.confidence import runs as confidence
@@ -45,8 +46,10 @@ def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root:
     """Run chapters 02–05's cached experiment functions in book order; returns what was computed.
 
     ``executor``: where the cache-filling jobs run (``local``, ``dask-local:N``, ``tcp://HOST:PORT``; see
-    :func:`atlib.studies.context.context`)."""
-    ctx = cx.context(profile, cache_dir, data_root, device, workers, executor)
+    :func:`atlib.studies.context.context`). Bad input raises before anything is computed
+    (:func:`atlib.book.preflight.check_run`)."""
+    p, dev, n_workers, engine = check_run(profile, device, data_root, workers, cache_dir, executor)  # bad input: now
+    ctx = cx.context(p, cache_dir, data_root, str(dev), n_workers, engine)
     ddp = distributed.init_from_env(ctx.device)  # under torchrun: chapter 02's models with DDP, a shard per rank
     runs = ex.training_runs(ctx)  # chapter 02 (and 01, 03, 05 reuse them)
     if ddp:

@@ -49,9 +49,12 @@ class Provenance:
     def markdown(self) -> str:
         commit = self.git_commit.removesuffix("-dirty")
         dirty = " (with uncommitted changes)" if self.git_commit.endswith("-dirty") else ""
-        fence = "````" if self.settings_toml else "```"  # the outer fence outlasts the nested settings box
-        settings = ["", "```{admonition} Every setting of this profile (TOML: `python -m atlib book --profile FILE`)",
-                    ":class: dropdown", "", "~~~toml", self.settings_toml.rstrip(), "~~~", "```"]
+        # Nested fences: the outer box's backticks outlast any inside it, and the settings box is fenced with
+        # tildes because its title holds a backtick code span (CommonMark allows no backtick in the info string
+        # of a backtick fence: with one, the box was not parsed and its source showed on every chapter).
+        fence = "````" if self.settings_toml else "```"
+        settings = ["", "~~~~{admonition} Every setting of this profile (TOML: `python -m atlib book --profile FILE`)",
+                    ":class: dropdown", "", "~~~toml", self.settings_toml.rstrip(), "~~~", "~~~~"]
         return "\n".join([
             f"{fence}{{admonition}} Provenance", ":class: note atbook-provenance", "",
             f"Executed for profile **`{self.profile}`** ({self.description}).  ",

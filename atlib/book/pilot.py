@@ -19,13 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from atlib.book.preflight import BadInputError, check_run, check_writable
 from atlib.book.runner import REPO, git_commit
-from atlib.core.data import check_data_root
 from atlib.core import stats
 from atlib.studies import context as cx
 from atlib.studies.confidence import matched as mc
 from atlib.studies.distillation import runs as dr
-from atlib.studies.profiles import Profile, get_profile
+from atlib.studies.profiles import Profile
 from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as ex
 from atlib.studies import validity
@@ -112,13 +112,18 @@ def write(record: dict[str, Any], path: str | Path) -> Path:
 
 
 def run_pilot(profile: str | Profile, out: str | None = None, cache_dir: str | None = None,
-              data_root: str | None = None, device: str | None = None, workers: int | None = None) -> Path:
-    """``python -m atlib pilot convergence``: run the pilot and write its record (default :func:`default_path`)."""
-    p = get_profile(profile)
-    check_data_root(p.dataset, data_root)
-    ctx = cx.context(p, cache_dir, data_root, device, workers)
+              data_root: str | None = None, device: str | None = None, workers: int | None = None,
+              executor: str | None = None) -> Path:
+    """``python -m atlib pilot convergence``: run the pilot and write its record (default :func:`default_path`).
+    ``executor``: where its cached jobs run, as for ``compute``. Bad input raises before anything is trained."""
+    p, dev, n_workers, engine = check_run(profile, device, data_root, workers, cache_dir, executor)
+    path = Path(out).resolve() if out is not None else default_path(p)
+    check_writable(path.parent, "the pilot record's folder (--out)")
+    if path.is_dir():
+        raise BadInputError(f"the pilot record (--out) {path} is a folder; pass a file name (e.g. {FILENAME})")
+    ctx = cx.context(p, cache_dir, data_root, str(dev), n_workers, engine)
     rec = convergence(ctx)
-    path = write(rec, out or default_path(p))
+    path = write(rec, path)
     verdict = "converged" if rec["converged"] else "NOT converged"
     if rec["failed_gates"]:
         verdict += " (failed validity gates: " + "; ".join(f"{g['name']} ({g['reason']})" for g in rec["failed_gates"]) + ")"

@@ -28,23 +28,14 @@ from typing import Any
 import yaml
 
 from atlib.book import claims, knobs, pages
+from atlib.book.preflight import BadInputError, BookError, check_out, check_run, default_out  # noqa: F401 (re-exported)
 from atlib.book.progress import ChapterProgress
-from atlib.core.data import check_data_root
-from atlib.core.runtime import device_name, pick_device
+from atlib.core.runtime import device_name
 from atlib.studies.profiles import DEFAULT_PROFILE, Profile, PROFILES, get_profile, load_profile, profile_toml
 from atlib.training import executor as engines
-from atlib.training import pool
 
 REPO = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-class BookError(RuntimeError):
-    """A chapter or the HTML build failed; the message says which and why, briefly."""
-
-
-class BadInputError(BookError):
-    """A bad argument or setting, caught before anything was executed or written (the CLI exits 2 for it)."""
 
 
 def toc_entries(root: Path = REPO) -> list[str]:
@@ -77,25 +68,6 @@ def chapter_sources(root: Path = REPO) -> list[Path]:
             raise BookError(f"_toc.yml lists {entry!r}, but neither chapters/{Path(entry).name}.py nor "
                             f"pages/{entry}.md exists (and the runner does not generate it)")
     return srcs
-
-
-def default_out(profile: str) -> Path:
-    """``book/`` (the published book) for the default profile, ``_build/books/<profile>/`` for any other."""
-    return REPO / "book" if profile == DEFAULT_PROFILE else REPO / "_build" / "books" / profile
-
-
-def check_out(profile: str, out: Path) -> None:
-    """The output folder can be a folder (it, or its nearest existing parent, is no file), and a non-default
-    profile never overwrites the published default book."""
-    existing = next(a for a in (out, *out.parents) if a.exists())
-    if not existing.is_dir():
-        what = f"{out} is" if existing == out else f"{out} cannot be created: {existing} is"
-        raise BadInputError(f"the output folder (--out) {what} a file, not a folder. Pass a folder (it is created if "
-                            f"missing), or leave out --out for the default ({default_out(profile)}).")
-    if out.resolve() == (REPO / "book").resolve() and profile != DEFAULT_PROFILE:
-        raise BadInputError(f"book/ holds the published {DEFAULT_PROFILE!r} book; refusing to overwrite it with the "
-                        f"{profile!r} profile. Leave out --out (the {profile!r} book then goes to "
-                        f"{default_out(profile).relative_to(REPO)}/) or pass another folder.")
 
 
 KERNEL_SETUP = "import pandas; pandas.set_option('display.max_colwidth', None)"  # tables show whole cells
@@ -269,35 +241,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def _preflight(p: Profile, out: str | os.PathLike | None, device: str | None, data_root: str | None,
-               workers: int | None) -> tuple[Any, int, Path]:
-    """The build's device, worker count and output folder, every argument checked before anything is touched."""
-    dev = pick_device(device)
-    try:
-        if workers is not None:
-            os.environ["ATLIB_WORKERS"] = str(pool.parse_workers(workers))  # the chapters' kernels inherit it
-        n_workers = pool.default_workers(dev, p.pool_jobs)
-    except ValueError as e:  # a bad --workers or $ATLIB_WORKERS
-        raise BadInputError(str(e)) from None
-    out_dir = Path(out).resolve() if out is not None else default_out(p.name)
-    check_out(p.name, out_dir)
-    check_data_root(p.dataset, data_root)  # a named data root that lacks the data fails now, not in chapter 01
-    return dev, n_workers, out_dir
-
-
-def _preflight_executor(executor: str | None) -> str:
-    """The build's executor (``--executor`` or ``$ATLIB_EXECUTOR``), checked (a tcp:// scheduler must answer); an
-    explicit one is put in ``$ATLIB_EXECUTOR`` for the chapters' kernel (as ``--workers`` in ``$ATLIB_WORKERS``)."""
-    try:
-        spec = engines.default_executor() if executor is None else engines.parse_executor(executor)
-        engines.check_reachable(spec)
-    except engines.ExecutorError as e:
-        raise BadInputError(str(e)) from None
-    if executor is not None:
-        os.environ["ATLIB_EXECUTOR"] = spec
-    return spec
-
-
 def _run_chapters(srcs: list[Path], out_dir: Path, params: dict[str, Any], prov_of: tuple[Profile, str, str],
                   t0: float) -> dict[str, Any]:
     """Execute the chapters in one kernel, each with a progress line (:class:`ChapterProgress`), and finish their
@@ -333,11 +276,16 @@ def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None
     ``record``: after a successful build, also copy summary.json to ``results/<profile>/summary.json``.
     ``workers``: processes for the chapters' cache-filling jobs (``$ATLIB_WORKERS``; see :mod:`atlib.training.pool`).
     ``executor``: where those jobs run, ``local``, ``dask-local:N`` or ``tcp://HOST:PORT`` (``$ATLIB_EXECUTOR``).
-    Bad input fails before anything runs or is written: BadInputError, DeviceError, DataNotFoundError.
+    Bad input fails before anything runs or is written (:func:`atlib.book.preflight.check_run`, :func:`check_out`):
+    BadInputError, DeviceError, DataNotFoundError, UnknownProfileError.
     """
-    p = get_profile(profile)
-    dev, n_workers, out_dir = _preflight(p, out, device, data_root, workers)
-    engine = _preflight_executor(executor)
+    p, dev, n_workers, engine = check_run(profile, device, data_root, workers, cache_dir, executor)
+    out_dir = Path(out).resolve() if out is not None else default_out(p.name)
+    check_out(p, out_dir)
+    if workers is not None:
+        os.environ["ATLIB_WORKERS"] = str(n_workers)  # the chapters' kernel inherits --workers and --executor
+    if executor is not None:
+        os.environ["ATLIB_EXECUTOR"] = engine
     out_dir.mkdir(parents=True, exist_ok=True)
     pages.copy_pages(out_dir)
     results = out_dir / "results"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -49,8 +50,17 @@ def from_table(cls: type, table: Mapping[str, Any], base: Any = None, where: str
         missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
                    and f.default_factory is dataclasses.MISSING]
         raise ConfigError(f"[{where or 'top level'}]: missing keys {', '.join(missing) or '?'} ({e})") from None
-    except ValueError as e:  # the dataclass's own checks
-        raise ConfigError(f"[{where or 'top level'}]: {e}") from None
+    except ValueError as e:  # the dataclass's own checks, their Python words in TOML's spelling
+        raise ConfigError(f"[{where or 'top level'}]: {toml_spelling(str(e))}") from None
+
+
+_PY_WORDS = {"None": f'"{NONE}"', "True": "true", "False": "false"}
+
+
+def toml_spelling(message: str) -> str:
+    """A dataclass's error message as a TOML file's reader needs it: ``None`` as ``"none"``, ``True``/``False`` as
+    ``true``/``false`` (the checks are written once, in Python, for files and code alike)."""
+    return re.sub(r"\b(None|True|False)\b", lambda m: _PY_WORDS[m.group(1)], message)
 
 
 def _dataclass_of(hint: Any) -> type | None:

@@ -1,14 +1,16 @@
 """Every profile the book can run, in one place: dataset, model, schedule, threat models, seeds.
 
-Settings follow the anchors' conventions (RESEARCH.md §3); the paper's own settings are not
-available, so every one of these is a reconstruction, and the book says so.
+Settings follow the conventions of the adversarial-robustness literature; the paper's own settings are not
+available, so every one of these is a reconstruction, and the book says so (pages/intro.md, "What is a
+reconstruction").
 """
 from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from atlib.core.attacks import AttackConfig
@@ -167,8 +169,8 @@ HELD_OUT_CONFIDENCE = ConfidenceSettings(select_on="holdout", holdout=5000, topk
 MASKING_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)  # chapter 05's L∞ sweep of the masking checks, ending where all is grey
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
-    Profile(name="smoke", description="scikit-learn's bundled 8×8 digits and a small MLP: the whole book in "
-            "seconds, for tests",
+    Profile(name="smoke", description="scikit-learn's bundled 8×8 digits and a small MLP: the smallest whole book, "
+            "for tests",
             dataset="digits", arch="mlp", width=64, train_subset=None, eval_subset=None, seeds=(0, 1, 2, 3), side_seeds=2,
             epochs=20, batch_size=64, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=0.5, train_steps=5, eval_steps=20, meant_for="cpu",
@@ -192,7 +194,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                                 linf_grid=MASKING_GRID, sweep_steps=20, few_steps=10, many_steps=50, restarts=5,
                                 diagnose_max=3, student_seeds=1, batch_size=500)),
     Profile(name="fashion", description="Fashion-MNIST, a small stride-2 CNN, a 10k training subset and a fixed "
-            "1k evaluation subset: the default book, minutes on a 2-core CPU",
+            "1k evaluation subset: the default book, for a CPU",
             dataset="fashion", arch="small_cnn", width=16, train_subset=10_000, eval_subset=1000,
             seeds=(0, 1, 2, 3, 4, 5), side_seeds=3,
             epochs=24,  # converged: results/fashion/pilot_convergence.json (python -m atlib pilot convergence)
@@ -297,14 +299,35 @@ def load_profile(path: str | os.PathLike) -> Profile:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UnknownProfileError(f"profile file {path} is not valid TOML: {e}") from None
     base_name = doc.pop("extends", None)
-    if base_name is not None and base_name not in PROFILES:
+    if base_name is not None and (not isinstance(base_name, str) or base_name not in PROFILES):
         raise UnknownProfileError(f"{path}: extends = {base_name!r} is not a built-in profile; valid: "
-                                  f"{', '.join(PROFILES)}")
+                                  f"{', '.join(map(repr, PROFILES))} (one name, as a string)")
     doc.setdefault("name", path.stem)
     try:
-        return from_table(Profile, doc, PROFILES[base_name] if base_name else None)
+        p = from_table(Profile, doc, PROFILES[base_name] if base_name else None)
     except ConfigError as e:
         raise UnknownProfileError(f"profile file {path}: {e}") from None
+    check_own_name(p, f"profile file {path}")
+    return p
+
+
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_own_name(p: Profile, what: str = "profile") -> None:
+    """A profile's name names its folders (``_build/books/<name>/``, ``results/<name>/``, and ``book/`` for the
+    default): it must be a plain folder name, and a built-in profile's name only for that built-in's own settings,
+    so that no other profile can write a built-in's published book or recorded results. UnknownProfileError if not."""
+    if not isinstance(p.name, str) or not _FOLDER_NAME.fullmatch(p.name):
+        raise UnknownProfileError(f"{what}: name = {p.name!r} cannot name a folder; use letters, digits, '_', '-' "
+                                  f"and '.' (not first)")
+    builtin = PROFILES.get(p.name)
+    if builtin is not None and builtin != p:
+        ours, theirs = asdict(p), asdict(builtin)
+        differ = [k for k in ours if ours[k] != theirs[k]]
+        raise UnknownProfileError(f"{what}: name = {p.name!r} is the built-in profile's, but the settings differ "
+                                  f"({', '.join(differ)}); a profile of your own needs a name of its own (its book "
+                                  f"and recorded results are kept under it): set name = \"...\" or rename the file")
 
 
 def profile_toml(p: Profile) -> str:

@@ -14,8 +14,8 @@ pixels, 3x32x32, 10 classes), the same batch size and the same PGD settings:
 Each is warmed up, then timed ``repeats`` times (synchronising CUDA before reading the clock); the
 median counts. FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one eager AT step
 of atlib (attack forward+backward passes, then the update's forward+backward), not by hand; the
-matmul peak is measured in the same run (float32 on CPU, bf16 on CUDA), and the RESEARCH.md §8 floor
-(FLOPs of an epoch / peak) is recomputed with it.
+matmul peak is measured in the same run (float32 on CPU, bf16 on CUDA), and the compute floor of an epoch
+(its FLOPs at that peak: no PGD-AT epoch can be faster) is recomputed with it.
 """
 from __future__ import annotations
 
@@ -222,7 +222,8 @@ def format_table(res: dict) -> str:
         lines.append(f"{key:<10} {r['images_per_s']:>10.1f} {r['s_per_50k_epoch']:>10.1f} "
                      f"{r['speedup_vs_reference']:>8.2f}× {r['achieved_tflops']:>9.4f} "
                      f"{r['fraction_of_peak']:>8.1%} {r['times_floor']:>8.1f}")
-    lines.append("of peak = achieved FLOP/s over the measured matmul peak = floor / epoch time (RESEARCH.md §8)")
+    lines.append("of peak = achieved FLOP/s over the measured matmul peak = floor / epoch time (floor: the epoch's "
+                 "FLOPs at that peak)")
     lines.append("reference: float32, DataLoader + per-batch copies, loss.backward() per attack step, PyTorch's "
                  "default math settings (TF32 convolutions allowed on recent GPUs)")
     return "\n".join(lines)

@@ -29,7 +29,9 @@ import atexit
 import logging
 import os
 import re
+import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -97,13 +99,40 @@ def _client(spec: str) -> Any:
                                scheduler_kwargs={"allowed_failures": 1})
         _CLIENT = (spec, Client(cluster), cluster)
     else:
+        _knock(spec)
         try:
             _CLIENT = (spec, Client(spec, timeout=CONNECT_TIMEOUT_S), None)
         except (OSError, TimeoutError) as e:
-            raise ExecutorError(f"--executor {spec}: no Dask scheduler answered within {CONNECT_TIMEOUT_S} s "
-                                f"({e}). Start one with `dask scheduler` and workers with `dask worker {spec} "
-                                f"--nthreads 1` (see README, 'Several machines')") from None
+            raise _unreachable(spec, f"no Dask scheduler answered within {CONNECT_TIMEOUT_S} s ({e})") from None
     return _CLIENT[1]
+
+
+def _unreachable(spec: str, why: str) -> ExecutorError:
+    return ExecutorError(f"--executor {spec}: {why}. Start one with `dask scheduler` and workers with `dask worker "
+                         f"{spec} --nthreads 1` (see README, 'Several machines')")
+
+
+def _knock(spec: str) -> None:
+    """Before Dask connects: open a plain TCP connection to the scheduler's address and wait for the first bytes of
+    the handshake that a Dask scheduler sends as soon as it accepts, then close it (the scheduler logs that one
+    connection as closed before its handshake). A refused connection or a host that does not resolve fails at
+    once (Dask's own connect would retry them for ``CONNECT_TIMEOUT_S``), silence after ``CONNECT_TIMEOUT_S``
+    (an address that accepts but never speaks, e.g. an HTTP port, would leave Dask's client waiting for ever)."""
+    host, port = spec.removeprefix("tcp://").rsplit(":", 1)
+    silent, t0 = f"no Dask scheduler answered within {CONNECT_TIMEOUT_S} s", time.monotonic()
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as conn:
+            conn.settimeout(max(0.1, CONNECT_TIMEOUT_S - (time.monotonic() - t0)))  # one timeout for both waits
+            if not conn.recv(1):
+                raise _unreachable(spec, "the connection was closed without a Dask handshake")
+    except ConnectionRefusedError:
+        raise _unreachable(spec, f"connection refused: nothing listens on {host}:{port}") from None
+    except socket.gaierror as e:
+        raise _unreachable(spec, f"unknown host {host!r} ({e.strerror})") from None
+    except TimeoutError:
+        raise _unreachable(spec, silent) from None
+    except OSError as e:  # e.g. no route to the host, a reset connection
+        raise _unreachable(spec, f"cannot connect ({e.strerror or e})") from None
 
 
 def shutdown() -> None:
