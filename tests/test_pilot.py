@@ -52,7 +52,8 @@ def test_record_follows_its_rule(record):
         if k in crit:
             assert rec["criterion_met"][k] == (abs(d) < crit[k])
     assert set(rec["criterion_met"]) == set(crit) and "at_clean" in rec["deltas"]
-    assert rec["converged"] == all(rec["criterion_met"].values())
+    assert all(not g["passed"] and g["name"] and g["reason"] for g in rec["failed_gates"])
+    assert rec["converged"] == (all(rec["criterion_met"].values()) and not rec["failed_gates"])
     assert rec["matched_epochs"] >= rec["schedule"]["epochs"] and rec["matched_doubled_epochs"] > rec["matched_epochs"]
 
 
@@ -106,6 +107,14 @@ def test_chapter_02_reads_the_record_and_checks_its_schedule(tmp_path):
     longer = replace(p, epochs=p.epochs + 1)
     assert "another schedule" in conv.convergence_text(rec, longer) and "epochs" in conv.stale_fields(rec, longer)
     assert not conv.convergence_section(rec, longer)["applies"]
+    # a record from before the ε fade-in existed vouches for fade-in 0 (every run then), not for another
+    old = rec | {"schedule": {k: v for k, v in rec["schedule"].items() if k != "eps_fadein_epochs"}}
+    assert conv.stale_fields(old, p) == [] and conv.stale_fields(old, replace(p, eps_fadein_epochs=2)) == [
+        "eps_fadein_epochs"]
+    # a pilot whose models failed a validity gate says so, and never converged
+    failed = rec | {"failed_gates": [{"name": "learned: at_linf_0.1_s0", "passed": False, "reason": "clean 10.0%"}]}
+    text = conv.convergence_text(failed, p)
+    assert "**failed validity gate** learned: at_linf_0.1_s0: clean 10.0%" in text and "never counts" in text
     (tmp_path / "smoke" / "pilot_convergence.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON.*pilot convergence"):
         conv.pilot_record(p, tmp_path)

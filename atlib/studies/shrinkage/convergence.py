@@ -40,7 +40,11 @@ def schedule(p: Profile) -> dict[str, Any]:
     """What a pilot record must have been run with to vouch for ``p``'s models (chapter 04's students too)."""
     return {"epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr, "train_subset": p.train_subset,
             "train_steps": p.train_steps, "main_at": p.main_at.label, "student_epochs": p.distill.epochs,
-            "student_temperatures": list(p.distill.temperatures)}
+            "student_temperatures": list(p.distill.temperatures), "eps_fadein_epochs": p.eps_fadein_epochs}
+
+
+# Schedule settings added after some pilots were recorded, with the value every run had before they existed
+PREDATES = {"eps_fadein_epochs": 0}  # AT trained from full ε until the fade-in was added
 
 
 def pilot_record(p: Profile, root: Path = RESULTS) -> dict[str, Any] | None:
@@ -58,7 +62,7 @@ def pilot_record(p: Profile, root: Path = RESULTS) -> dict[str, Any] | None:
 def stale_fields(rec: dict[str, Any], p: Profile) -> list[str]:
     """The schedule settings in which the record differs from ``p`` (seeds included); empty when it applies."""
     now = schedule(p) | {"seeds": list(p.seeds)}
-    then = {k: rec.get("schedule", {}).get(k) for k in schedule(p)} | {"seeds": rec.get("seeds")}
+    then = {k: rec.get("schedule", {}).get(k, PREDATES.get(k)) for k in schedule(p)} | {"seeds": rec.get("seeds")}
     return [k for k in now if now[k] != then[k]]
 
 
