@@ -358,3 +358,19 @@ def test_read_only_out_and_cache_are_named_before_any_work(tmp_path):
     finally:
         ro.chmod(0o755)
         (ro / "existing").chmod(0o755)
+
+
+def test_help_has_no_rst_quoting_and_every_option_says_what_it_does(capsys):
+    for cmd in ([], ["book"], ["html"], ["compute"], ["pilot"], ["bench"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main([*cmd, "--help"])
+        assert e.value.code == 0
+        text = capsys.readouterr().out
+        assert "``" not in text, cmd
+        lines = text.splitlines()
+        start = lines.index("options:")
+        for i, line in enumerate(lines[start + 1:], start + 1):
+            if line.startswith("  -") and not line.startswith("  -h"):
+                described = "  " in line.strip() or (i + 1 < len(lines) and lines[i + 1].startswith(" " * 8)
+                                                     and not lines[i + 1].lstrip().startswith("-"))
+                assert described, f"{' '.join(cmd)}: {line.strip()} has no help text"
