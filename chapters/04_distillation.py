@@ -31,7 +31,8 @@
 # it could not tell *which* rival from *how far* it is; the ablations that separate them and the rule that
 # decides were fixed before these numbers were run. The paper's body, settings
 # and numbers are not available to us, so **every setting here is a reconstruction** (from ARD's
-# released code where it exists; see the project's research notes, §5); the book reports what it measures on this dataset,
+# released code where it exists, as the setting table below says; the intro page says what else is
+# reconstructed); the book reports what it measures on this dataset,
 # whether or not it agrees with the paper.
 #
 # ## The loss
@@ -132,7 +133,7 @@ display(Markdown(study.views.ablation_markdown()))
 # previous ones: counting the others as broken is **exact** for the minimum, which makes the four attacks
 # affordable for every student.
 #
-# **Gradient-masking checks, for every student** (research notes, §6), each against a noise threshold of two
+# **Gradient-masking checks, for every student** (the evaluation pitfalls chapter 05 audits), each against a noise threshold of two
 # binomial standard errors, at least three samples' worth (`masking.noise_threshold`, as in chapter 05):
 #
 # 1. `above_chance_at_eps_0.5`: L∞ PGD at growing $\varepsilon$ up to {glue:text}`chance_eps`, each on the survivors

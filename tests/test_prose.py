@@ -101,3 +101,15 @@ def test_scanner_accepts_glue_and_the_allowed_kinds():
           "The pixel box $[0,1]^D$, the norm $L_2$ and $\\frac{1}{K}$ are structure; so is the L2 threat model.\n"
           "> 2. a quoted list item")
     assert unglued_numbers(md) == []
+
+
+def test_the_book_never_sends_a_reader_to_the_developers_notes():
+    """The research notes live beside the development checkout, not in the repository: a chapter, a page or the
+    README may not point a reader at them (they cannot open them)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    texts = [*root.glob("chapters/*.py"), *root.glob("pages/*.md"), root / "README.md"]
+    bad = [f"{p.name}: {m.group(0)}" for p in texts
+           for m in re.finditer(r"RESEARCH\.md|research notes|\.\./shared", p.read_text(encoding="utf-8"))]
+    assert bad == []
