@@ -126,7 +126,7 @@ prose.setting_table(ctx)
 # **Rule, fixed before the numbers:** {glue:md}`rule_gaussian:myst`
 
 # %%
-gauss = study.runs.gaussian_experiment(G, P.side_seed_list)
+gauss = study.runs.cached_gaussian_experiment(ctx, G, P.side_seed_list)
 gv = study.views.gaussian_verdict(gauss)
 display(Markdown(f"Setting: $d={G.dim}$, $\\|\\mu\\|={G.mu_norm}$, $\\sigma={G.sigma}$, {G.n_train} training and "
                  f"{G.n_test} test points per seed, {G.steps} full-batch gradient-descent steps (momentum 0.9, "

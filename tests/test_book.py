@@ -135,6 +135,8 @@ def test_provenance_under_every_chapter_title(built):
         prov = nb["metadata"]["atbook"]["provenance"]
         assert prov == summary["chapters"][src.stem]
         assert prov["profile"] == "smoke" and prov["seeds"] == list(get_profile("smoke").seeds) and prov["wall_s"] > 0
+        # what its results cost to compute, from the artifacts it loaded (their own recorded times)
+        assert prov["compute"]["artifacts"] > 0 and prov["compute"]["unrecorded"] == 0, src.stem
         assert prov["git_commit"] == summary["git_commit"] and prov["device"].startswith("cpu")
         assert "widgets" not in nb["metadata"], "widget state would make the page load widget JS from a CDN"
         page = (html / f"{src.stem}.html").read_text()
@@ -189,13 +191,16 @@ def test_finishing_a_notebook_for_the_book():
                     "display_data", data={pages.WIDGET_MIME: {"model_id": "abc"}, "text/plain": "VBox(...)"})]),
                 nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["remove-input"]})]
     prov = pages.Provenance("smoke", "digits, tests", "digits", "mlp, width 64", "cpu (2 cores)", (0, 1),
-                            "0123456789abcdef-dirty", "2026-01-01 00:00", 12.3)
+                            "0123456789abcdef-dirty", "2026-01-01 00:00", 12.3,
+                            compute={"artifacts": 40, "seconds": 1234.5, "unrecorded": 2})
     pages.add_provenance(nb, prov)
     assert pages.static_widgets(nb, "chapters/01_theory.py") == 1
     pages.fold_code(nb)
     first = nb.cells[0].source
     assert first.startswith("# Title\n\n```{admonition} Provenance") and first.endswith("Text.")
-    assert "`0123456789ab` (with uncommitted changes)" in first and "**wall time** 12 s" in first
+    assert "`0123456789ab` (with uncommitted changes)" in first and "**this build** 12 s" in first
+    assert "**computing its results** 20.6 min of single-thread jobs (40 cached artifacts, their own recorded " \
+           "times; 2 without a record)" in first
     assert "widgets" not in nb.metadata
     assert nb.cells[2].outputs[0]["data"] == {"text/markdown": nb.cells[2].outputs[0]["data"]["text/markdown"]}
     assert "chapters/01_theory.py" in nb.cells[2].outputs[0]["data"]["text/markdown"]

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from atlib.studies.confidence import runs as cf
-from atlib.studies.confidence import early as ce
 from atlib.studies.confidence import matched as cm
 from atlib.studies.confidence import views as cp
 from atlib.studies.confidence import rules
@@ -192,7 +191,7 @@ def test_settings_cover_every_profile():
 
     for name, p in PROFILES.items():
         st = p.confidence
-        assert st.select_on in cm.SELECT_ON
+        assert st.select_on in cx.SELECT_ON
         assert (st.select_on == "holdout") == (p.train_subset is not None), name
 
 
@@ -267,8 +266,8 @@ def test_chapter_does_not_retrain(warm, monkeypatch):
     x = ctx.data.test_x
     for seed in ctx.profile.seeds:
         ref = train.predict(std[seed].model, x)
-        # the early-stopped snapshots re-run chapter 02's standard run: the last epoch reproduces it
-        snap, hit = ce.std_snapshots(ctx, seed, "train", 0)
+        # the early-stopped snapshots are chapter 02's standard run's own: its last epoch is the model
+        snap, hit = ex.std_snapshots(ctx, seed)
         assert hit and torch.equal(snap["test_logits"][-1], ref)
         e = an.early[seed]
         gaps = [abs(a - an.matched.calibration.target) for a in e.select_acc]

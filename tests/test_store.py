@@ -265,3 +265,21 @@ def test_no_partial_artifact_ever_visible(tmp_path, monkeypatch):
         store.save("other", artifact())
     assert not store.path("other").exists()
     assert leftovers(tmp_path, "fresh") == []
+
+
+def test_an_artifact_carries_what_it_cost_and_a_tampered_record_is_corrupt(tmp_path):
+    from atlib.core.store import costs, reset_costs
+
+    store = Store(tmp_path)
+    reset_costs()
+    store.get_or_compute("slow-1", lambda: {"x": torch.ones(3)})  # computed: its own time is recorded
+    store.save("old-1", {"x": 1})  # written without a record (as before records were kept)
+    reset_costs()
+    assert store.load("slow-1") is not None and store.load("old-1") == {"x": 1}
+    c = costs()
+    assert c["artifacts"] == 2 and c["unrecorded"] == 1 and c["seconds"] >= 0
+    blob = store.path("slow-1").read_bytes()
+    at = blob.index(b'{"seconds"')
+    store.path("slow-1").write_bytes(blob[:at] + b'{"seconds": 9' + blob[at + 12:])  # the record edited
+    with pytest.warns(CorruptArtifactWarning):
+        assert store.load("slow-1") is None

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from atlib.studies.profiles import DEFAULT_PROFILE, PROFILES
 
@@ -144,14 +145,28 @@ def _add_pilot(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
                                                 "pilot_convergence.json, which chapter 02 quotes)")
 
 
+def _add_parity(sub: argparse._SubParsersAction) -> None:
+    pa = sub.add_parser("parity", help="bf16 vs fp32: compare two recorded books' accuracies, model type by model type")
+    pa.add_argument("fp32", help="summary.json of the fp32 book")
+    pa.add_argument("bf16", help="summary.json of the bf16 book")
+    pa.add_argument("--out", default=None, help="write the table here (JSON, and Markdown beside it)")
+
+
 def _dispatch(args: argparse.Namespace) -> None:
-    from atlib.book.runner import render_book, run_book
+    from atlib.book.runner import BadInputError, render_book, run_book
 
     if args.cmd == "book":
         run_book(args.profile, args.out, args.cache_dir, args.data_root, args.device, html=not args.no_html,
                  record=args.record, workers=args.workers, executor=args.executor)
     elif args.cmd == "html":
         print(f"HTML: {render_book(args.out) / 'index.html'}")
+    elif args.cmd == "parity":
+        from atlib.book import parity
+
+        for f in (args.fp32, args.bf16):
+            if not Path(f).is_file():
+                raise BadInputError(f"{f}: no such summary.json (a book's output folder holds one)")
+        print(parity.markdown(parity.compare_files(args.fp32, args.bf16, args.out)))
     elif args.cmd == "pilot":
         from atlib.book.pilot import run_pilot
 
@@ -167,12 +182,13 @@ def _dispatch(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = _Parser(prog="python -m atlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{book,html,compute,pilot,bench}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{book,html,compute,pilot,bench,parity}")
     common = _common()
     _add_book(sub, common)
     sub.add_parser("compute", parents=[common], help="run the profile's experiments into the cache, no notebooks")
     _add_pilot(sub, common)
     _add_bench(sub)
+    _add_parity(sub)
     args = ap.parse_args(argv)
     if args.cmd == "bench":
         return _bench(args)

@@ -1,9 +1,13 @@
-"""``python -m atlib compute``: the book's expensive experiments without any notebook.
+"""``python -m atlib compute``: every chapter's cached experiments in one pass, without any notebook.
 
-Fills the artifact cache (on a GPU box, say) so that a later ``python -m atlib book`` with the same cache
-only loads: chapter 02's models (which chapters 01, 03 and 05 reuse), chapter 03's accuracy-matched
-control, chapter 04's students and chapter 05's audit of every model. Chapter 01's linear models and
-first-order checks are cheap and stay with the chapter.
+Fills the artifact cache so that a later ``python -m atlib book`` with the same cache only loads (the book calls
+this itself before its first chapter): chapter 01's controls and flip radii, chapter 02's models (which chapters
+01, 03, 04 and 05 reuse; the standard runs save chapter 03's early-stopped snapshots as they train), chapter 03's
+accuracy-matched control, chapter 04's teachers' outputs and students, and chapter 05's audits.
+
+On the CPU with worker processes the chapters' *planners* run at once, in threads, over one shared job queue
+(:mod:`atlib.training.schedule`): a job starts as soon as its inputs exist, the models every chain waits on
+first, then the longest first. With one worker, or with a Dask executor, the planners run one after another.
 
 Under ``torchrun --nproc_per_node N`` chapter 02's models (the bulk of the work) are trained with DDP, each
 rank on a shard of every batch, and only rank 0 writes them; then rank 0 computes the rest alone (the
@@ -11,18 +15,22 @@ students, controls and audits are many small jobs, not one big one) and the othe
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from atlib.book.preflight import check_run
+from atlib.core.runtime import progress_default
 from atlib.studies import context as cx
-from atlib.studies.audit import runs as audit
+from atlib.studies.audit import jobs as audit_jobs
 from atlib.studies.confidence import runs as confidence
 from atlib.studies.distillation import runs as distill_runs
 from atlib.studies.profiles import Profile
 from atlib.studies.shrinkage import runs as ex
-from atlib.training import distributed
+from atlib.studies.theory import controls
+from atlib.training import distributed, executor as engines, pool, schedule
 
 
 @dataclass(frozen=True)
@@ -33,34 +41,57 @@ class Computed:
     model_runs_cached: int
     students: int
     students_cached: int
-    audited: int
-    audited_cached: int
 
     def __str__(self) -> str:
         return (f"{self.model_runs} model runs ({self.model_runs_cached} already cached), {self.students} students "
-                f"({self.students_cached} cached), {self.audited} models audited ({self.audited_cached} cached)")
+                f"({self.students_cached} cached), with chapter 01's controls, chapter 03's matched control and "
+                f"chapter 05's audits")
+
+
+def _students_and_audits(ctx: cx.Context) -> distill_runs.Grid:
+    grid = distill_runs.run_grid(ctx, progress=False)  # chapter 04
+    audit_jobs.precompute_students(ctx, grid)  # chapter 05's audits of its students
+    return grid
+
+
+def planners(ctx: cx.Context) -> dict[str, Callable[[], Any]]:
+    """Every chapter's planner, in book order (the order they run in without a job session)."""
+    return {"02 models": lambda: ex.training_runs(ctx, progress=False),
+            "01 controls": lambda: controls.precompute(ctx),
+            "03 matched control": lambda: confidence.precompute(ctx),
+            "04 students, 05 their audits": lambda: _students_and_audits(ctx),
+            "05 model audits": lambda: audit_jobs.precompute_models(ctx)}
+
+
+def compute_context(ctx: cx.Context, progress: bool | None = None) -> Computed:
+    """Run every planner for ``ctx``: at once over one job queue when jobs go to local worker processes, else in
+    book order."""
+    progress = progress_default() if progress is None else progress
+    plans = planners(ctx)
+    if ctx.executor == engines.LOCAL and ctx.workers > 1 and distributed.rank_world()[1] == 1:
+        with schedule.session(ctx.workers, cx.context, cx.factory_args(ctx), progress):
+            done = schedule.together(plans)
+        pool.shutdown()  # the chapters that follow only load: no idle worker processes kept
+    else:
+        done = {name: plan() for name, plan in plans.items()}
+    runs, grid = done["02 models"], done["04 students, 05 their audits"]
+    students = grid.students + grid.ceiling
+    return Computed(len(runs), sum(r.cached for r in runs), len(students), sum(s.cached for s in students))
 
 
 def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,
                 device: str | None = None, workers: int | None = None, executor: str | None = None) -> Computed:
-    """Run chapters 02–05's cached experiment functions in book order; returns what was computed.
+    """Run every chapter's cached experiments; returns what was computed.
 
     ``executor``: where the cache-filling jobs run (``local``, ``dask-local:N``, ``tcp://HOST:PORT``; see
     :func:`atlib.studies.context.context`). Bad input raises before anything is computed
     (:func:`atlib.book.preflight.check_run`)."""
     p, dev, n_workers, engine = check_run(profile, device, data_root, workers, cache_dir, executor)  # bad input: now
     ctx = cx.context(p, cache_dir, data_root, str(dev), n_workers, engine)
-    ddp = distributed.init_from_env(ctx.device)  # under torchrun: chapter 02's models with DDP, a shard per rank
-    runs = ex.training_runs(ctx)  # chapter 02 (and 01, 03, 05 reuse them)
-    if ddp:
+    if distributed.init_from_env(ctx.device):  # under torchrun: chapter 02's models with DDP, a shard per rank
+        runs = ex.training_runs(ctx)
         rank = distributed.rank_world()[0]
         torch.distributed.destroy_process_group()
         if rank != 0:  # rank 0 (which wrote the models) goes on alone with the rest
-            return Computed(len(runs), sum(r.cached for r in runs), 0, 0, 0, 0)
-    confidence.analyse(ctx, data_root)  # chapter 03: the accuracy-matched control and the early-stopped snapshots
-    grid = distill_runs.run_grid(ctx)  # chapter 04
-    side = [r for r in runs if r.seed in ctx.profile.side_seed_list]  # chapter 05 audits the side seeds' models
-    records = audit.audit_runs(ctx, side) + audit.audit_students(ctx, grid)  # chapter 05
-    students = grid.students + grid.ceiling
-    return Computed(len(runs), sum(r.cached for r in runs), len(students), sum(s.cached for s in students),
-                    len(records), sum(bool(r["cached"]) for r in records))
+            return Computed(len(runs), sum(r.cached for r in runs), 0, 0)
+    return compute_context(ctx)

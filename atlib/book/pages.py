@@ -45,6 +45,17 @@ class Provenance:
     executed_at: str  # UTC, minutes
     wall_s: float
     settings_toml: str = ""  # the profile's resolved settings (atlib.studies.profiles.profile_toml), folded
+    compute: dict[str, Any] | None = None  # what its artifacts cost when computed (atlib.core.store.costs)
+
+    def cost_text(self) -> str:
+        """The build's own wall time, and what computing the chapter's results cost (cold, as recorded)."""
+        built = f"**this build** {self.wall_s:.0f} s"
+        c = self.compute
+        if not c or not c.get("artifacts"):
+            return built
+        gap = f"; {c['unrecorded']} without a record" if c.get("unrecorded") else ""
+        return (f"{built} · **computing its results** {c['seconds'] / 60:.1f} min of single-thread jobs "
+                f"({c['artifacts']} cached artifacts, their own recorded times{gap})")
 
     def markdown(self) -> str:
         commit = self.git_commit.removesuffix("-dirty")
@@ -60,13 +71,12 @@ class Provenance:
             f"Executed for profile **`{self.profile}`** ({self.description}).  ",
             f"**Dataset** {self.dataset} · **model** {self.model} · **seeds** {', '.join(map(str, self.seeds))} · "
             f"**device** {self.device}  ",
-            f"**git commit** `{commit[:12]}`{dirty} · **executed** {self.executed_at} UTC · "
-            f"**wall time** {self.wall_s:.0f} s"] + (settings if self.settings_toml else []) + [fence])
+            f"**git commit** `{commit[:12]}`{dirty} · **executed** {self.executed_at} UTC · " + self.cost_text()] + (settings if self.settings_toml else []) + [fence])
 
     def as_dict(self) -> dict[str, Any]:
         return {"profile": self.profile, "dataset": self.dataset, "model": self.model, "device": self.device,
                 "seeds": list(self.seeds), "git_commit": self.git_commit, "executed_at": self.executed_at,
-                "wall_s": round(self.wall_s, 1)}
+                "wall_s": round(self.wall_s, 1), "compute": self.compute}
 
 
 def add_provenance(nb: nbformat.NotebookNode, prov: Provenance) -> None:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from atlib.book import claims, knobs, pages
 from atlib.book.preflight import BadInputError, BookError, check_out, check_run, default_out  # noqa: F401 (re-exported)
 from atlib.book.progress import ChapterProgress
 from atlib.core.runtime import device_name
+from atlib.studies.context import COST_SUFFIX
 from atlib.studies.profiles import DEFAULT_PROFILE, Profile, PROFILES, get_profile, load_profile, profile_toml
 from atlib.training import executor as engines
 
@@ -248,7 +249,7 @@ def _run_chapters(srcs: list[Path], out_dir: Path, params: dict[str, Any], prov_
     chapters = {}
     with shared_kernel(out_dir) as km:
         for i, src in enumerate(srcs, 1):
-            tc, label = time.perf_counter(), f"[{i}/{len(srcs)}] {src.stem}"
+            tc, label, started = time.perf_counter(), f"[{i}/{len(srcs)}] {src.stem}", time.time()
             progress = ChapterProgress(label)
             if not progress.tty:  # on a terminal the progress line says it
                 print(f"{label} ...", flush=True)
@@ -258,12 +259,37 @@ def _run_chapters(srcs: list[Path], out_dir: Path, params: dict[str, Any], prov_
             except BookError:
                 print(f"{label} FAILED after {time.perf_counter() - tc:.0f}s", flush=True)
                 raise
-            prov = provenance(*prov_of, time.perf_counter() - tc)
+            prov = replace(provenance(*prov_of, time.perf_counter() - tc), compute=_chapter_cost(out_dir, started))
             pages.finish_chapter(done, prov, str(src.relative_to(REPO)) if src.is_relative_to(REPO) else src.name)
             chapters[src.stem] = prov.as_dict()
             print(f"{label} done in {time.perf_counter() - tc:.0f}s (total {time.perf_counter() - t0:.0f}s)",
                   flush=True)
     return chapters
+
+
+def _compute_first(p: Profile, cache_dir: str | None, data_root: str | None, dev: Any, workers: int,
+                   engine: str) -> float:
+    """Every chapter's cached jobs in one pass before the first chapter (:mod:`atlib.book.compute`), so the chapters
+    only load; its wall time. With one worker the chapters compute in their own kernel, as they always could."""
+    if engine == engines.LOCAL and workers <= 1:
+        return 0.0
+    from atlib.book.compute import compute_context
+    from atlib.studies import context as cx
+
+    t = time.perf_counter()
+    print("[0] every chapter's cached jobs, one pass ...", flush=True)
+    done = compute_context(cx.context(p, cache_dir, data_root, str(dev), workers, engine), progress=sys.stderr.isatty())
+    print(f"[0] done in {time.perf_counter() - t:.0f}s: {done}", flush=True)
+    return time.perf_counter() - t
+
+
+def _chapter_cost(out_dir: Path, since: float) -> dict[str, Any] | None:
+    """What the chapter that started at ``since`` recorded as its results' compute cost (``write_section``)."""
+    found = [json.loads(p.read_text()) for p in (out_dir / "results").glob(f"*{COST_SUFFIX}")
+             if p.stat().st_mtime >= since]
+    if not found:
+        return None
+    return {k: sum(c[k] for c in found) for k in ("artifacts", "seconds", "unrecorded")}
 
 
 def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None = None, cache_dir: str | None = None,
@@ -306,11 +332,13 @@ def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None
     jobs_on = f"{n_workers} worker process(es)" if engine == engines.LOCAL else f"Dask ({engine})"
     print(f"atbook: profile {p.name!r} on {device_name(dev)}, {jobs_on} for cached jobs, "
           f"{len(srcs)} chapters → {out_dir}", flush=True)
+    computed_s = _compute_first(p, cache_dir, data_root, dev, n_workers, engine)
     chapters = _run_chapters(srcs, out_dir, params, (p, machine, commit), t0)
     shutil.rmtree(out_dir / "_executing", ignore_errors=True)
     summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": machine,
                                       "git_commit": commit, "executed_at": started, "workers": n_workers,
-                                      "elapsed_s": round(time.perf_counter() - t0, 1), "chapters": chapters,
+                                      "elapsed_s": round(time.perf_counter() - t0, 1), "compute_s": round(computed_s, 1),
+                                      "chapters": chapters,
                                       "settings": asdict(p)})
     print(f"summary: {summary}", flush=True)
     pages.write_ledger(out_dir, json.loads(summary.read_text()), tuple(PROFILES))

@@ -17,6 +17,8 @@ import io
 import json
 import os
 import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -167,30 +169,43 @@ class Store:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._probing = False
+        self._local = threading.local()  # probing and recording are per thread: planners share one store
 
     @contextlib.contextmanager
     def probing(self) -> Iterator[None]:
-        """Within this block a missing artifact raises :class:`CacheMiss` instead of being computed."""
-        before, self._probing = self._probing, True
+        """Within this block (this thread) a missing artifact raises :class:`CacheMiss` instead of being computed."""
+        before, self._local.probing = getattr(self._local, "probing", False), True
         try:
             yield
         finally:
-            self._probing = before
+            self._local.probing = before
+
+    @contextlib.contextmanager
+    def recording(self, reads: list[str]) -> Iterator[None]:
+        """Within this block (this thread) the key of every artifact found by :meth:`load` is appended to ``reads``."""
+        before, self._local.reads = getattr(self._local, "reads", None), reads
+        try:
+            yield
+        finally:
+            self._local.reads = before
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
 
-    def save(self, key: str, obj: Any, meta: Mapping[str, Any] | None = None) -> Path:
-        """Atomically write ``obj`` (tensors, dicts, lists, numbers, strings) under ``key``.
+    def save(self, key: str, obj: Any, meta: Mapping[str, Any] | None = None, seconds: float | None = None) -> Path:
+        """Atomically write ``obj`` (tensors, dicts, lists, numbers, strings) under ``key``; ``seconds``, what it cost
+        to compute, goes in a header line inside the checksummed payload (:func:`costs` reads it back on load).
 
         Under ``torchrun`` only rank 0 writes: every rank computed the same artifact (DDP keeps the
         replicas equal), so one copy is written, once, instead of N racing ones."""
         if rank_world()[0] != 0:
             return self.path(key)
         buf = io.BytesIO()
+        if seconds is not None:
+            buf.write(b"#" + json.dumps({"seconds": round(float(seconds), 3)}).encode() + b"\n")
         torch.save(obj, buf)
         payload = buf.getvalue()
+        _record_cost(key, seconds)
         blob = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
         atomic_write(self.path(key), blob)
         if meta is not None:
@@ -209,24 +224,59 @@ class Store:
             digest, payload = blob[len(MAGIC):len(MAGIC) + 64], blob[len(MAGIC) + 65:]
             if hashlib.sha256(payload).hexdigest().encode() != digest:
                 raise ValueError("checksum mismatch (truncated or modified)")
-            return torch.load(io.BytesIO(payload), weights_only=True)
+            seconds = None
+            if payload.startswith(b"#{"):  # the cost header (artifacts written without one have none)
+                header, payload = payload.split(b"\n", 1)
+                seconds = json.loads(header[1:])["seconds"]
+            found = torch.load(io.BytesIO(payload), weights_only=True)
         except Exception as e:  # noqa: BLE001 - anything unreadable is corrupt
             aside = p.with_suffix(".corrupt")
             os.replace(p, aside)
             warnings.warn(f"cache file {p} is corrupt ({e}); moved to {aside} and recomputing",
                           CorruptArtifactWarning, stacklevel=2)
             return None
+        if (reads := getattr(self._local, "reads", None)) is not None:
+            reads.append(key)
+        _record_cost(key, seconds)
+        return found
 
     def get_or_compute(self, key: str, compute: Callable[[], T], meta: Mapping[str, Any] | None = None) -> tuple[T, bool]:
         """(artifact, hit): load ``key`` or compute, save and return it (``None`` is not a cacheable value)."""
         found = self.load(key)
         if found is not None:
             return found, True
-        if self._probing:
+        if getattr(self._local, "probing", False):
             raise CacheMiss(key)
+        t0 = time.perf_counter()
         obj = compute()
-        self.save(key, obj, meta)
+        self.save(key, obj, meta, seconds=time.perf_counter() - t0)
         return obj, False
+
+
+# ---------------------------------------------------------------- what the artifacts used here cost to compute
+
+_COSTS: dict[str, float | None] = {}  # key -> recorded compute seconds (None: not recorded), since reset_costs()
+_COSTS_LOCK = threading.Lock()
+
+
+def _record_cost(key: str, seconds: float | None) -> None:
+    with _COSTS_LOCK:
+        _COSTS[key] = seconds
+
+
+def reset_costs() -> None:
+    """Forget the artifacts loaded or computed so far in this process (a chapter starts: :func:`costs` is its own)."""
+    with _COSTS_LOCK:
+        _COSTS.clear()
+
+
+def costs() -> dict[str, Any]:
+    """What the artifacts loaded or computed in this process since :func:`reset_costs` cost to compute, as recorded
+    in them when they were computed (each job's own seconds: one thread, or one GPU): their number, the sum of the
+    recorded seconds and how many carry no record (written before records were kept)."""
+    with _COSTS_LOCK:
+        known = [v for v in _COSTS.values() if v is not None]
+        return {"artifacts": len(_COSTS), "seconds": round(sum(known), 1), "unrecorded": len(_COSTS) - len(known)}
 
 
 def atomic_write(path: Path, data: bytes) -> None:

@@ -13,10 +13,9 @@ Each pooled job runs on exactly one thread, so its floats do not depend on how m
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import signal
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -60,31 +59,11 @@ def probe(store: Store, ctx: Any, jobs: Sequence[Job]) -> list[tuple[Job, list[s
     for fn, args in jobs:
         reads: list[str] = []
         try:
-            with store.probing(), _recording(store, reads):
+            with store.probing(), store.recording(reads):
                 fn(ctx, *args)
         except CacheMiss:
             out.append(((fn, args), list(dict.fromkeys(reads))))
     return out
-
-
-@contextlib.contextmanager
-def _recording(store: Store, reads: list[str]) -> Iterator[None]:
-    """While the block runs, the key of every artifact that ``store`` loads is appended to ``reads``.
-
-    (The store's own code is left as it is: it is in the code version of every artifact.)"""
-    load = store.load
-
-    def recorded(key: str) -> Any | None:
-        found = load(key)
-        if found is not None:
-            reads.append(key)
-        return found
-
-    store.load = recorded  # type: ignore[method-assign] - this instance only, for the block
-    try:
-        yield
-    finally:
-        del store.load
 
 
 def missing(store: Store, ctx: Any, jobs: Sequence[Job]) -> list[Job]:

@@ -99,7 +99,8 @@ def audit_model(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, se
     ``threat`` is atlib's PGD-CE evaluation attack of this model (norm, ε, steps, step size); the
     margin run and the torchattacks PGD use the same settings. ``atlib_logits`` may hand in logits
     atlib already computed with exactly these attacks (``{"ce": ..., "margin": ...}``, one row per
-    sample), e.g. chapter 02's cached ones. Returns per-sample robust masks, accuracies and flags.
+    sample), e.g. chapter 02's cached ones, or per-sample robust masks of exactly these attacks (a bool vector per
+    attack), e.g. chapter 04's. Returns per-sample robust masks, accuracies and flags.
     """
     if threat.loss != "ce":
         raise ValueError(f"threat must be atlib's PGD-CE config (got loss {threat.loss!r})")
@@ -116,7 +117,7 @@ def audit_model(model: nn.Module, x: Tensor, y: Tensor, threat: AttackConfig, se
         for key, c in (("ce", threat), ("margin", margin_cfg)):
             z = atlib_logits[key] if atlib_logits is not None else \
                 evaluate.adversarial_logits(model, x, y, c, seed, settings.batch_size)
-            robust[f"atlib_pgd_{key}"] = z.argmax(1) == y.cpu()
+            robust[f"atlib_pgd_{key}"] = z.cpu() if z.dtype == torch.bool else z.argmax(1) == y.cpu()
         for name in ("ta_pgd", "apgd_ce", "apgd_dlr"):
             xa = run_oracle(name, model, x, y, threat, settings.apgd_steps, settings.apgd_restarts, seed,
                             settings.batch_size)
@@ -227,7 +228,8 @@ def audit_runs(ctx: Any, runs: Sequence[Any], settings: AuditSettings | None = N
 def student_targets(ctx: Any, grid: Any, seeds: Sequence[int] | None = None) -> list[Target]:
     """Targets for chapter 04's distilled students and PGD-AT students (a ``distill_runs.Grid``), all under
     the teachers' main L∞ PGD-CE attack; ``seeds`` (default: the profile's side seeds, chapter 04's) picks which.
-    No masking checks here: chapter 04 runs its own on every student."""
+    atlib's PGD-CE and PGD-margin results are chapter 04's own (the same attacks on the same images and models:
+    chapter 04 publishes them, this chapter audits them); no masking checks here: chapter 04 runs its own."""
     ce = ctx.profile.eval_attacks()["linf_ce"]
     keep = set(ctx.profile.side_seed_list if seeds is None else seeds)
     out = []
@@ -237,6 +239,7 @@ def student_targets(ctx: Any, grid: Any, seeds: Sequence[int] | None = None) -> 
         recipe = "PGD-AT student" if r.ablation == "pgd_at" else \
             f"student: {r.ablation}" + (f", T={r.T:g}" if r.T is not None else "")
         out.append(Target(f"{recipe} (seed {r.seed})", r.model, ce, r.seed, recipe,
+                          {"ce": r.robust["ce"], "margin": r.robust["margin"]},  # chapter 04's own PGD results
                           meta={"kind": "student", "ablation": r.ablation, "T": r.T}))
     return out
 
@@ -251,3 +254,4 @@ def audit_students(ctx: Any, grid: Any, settings: AuditSettings | None = None, s
         seeds = ctx.profile.side_seed_list[:s.student_seeds]
     return audit(student_targets(ctx, grid, seeds), ctx.eval_x, ctx.eval_y, replace(s, main_subset=grid.n_eval),
                  ctx.data.num_classes, store=ctx.store, data_fp=ctx.data.fingerprint, progress=progress)
+

@@ -23,42 +23,16 @@ from typing import Any
 
 import torch
 
-from atlib.core import data, stats
+from atlib.core import stats
 from atlib.studies import context as cx
-from atlib.studies.confidence.settings import SELECT_ON, ConfidenceSettings
+from atlib.studies.context import selection_set  # noqa: F401 - chapter 03's name for it
+from atlib.studies.confidence.settings import ConfidenceSettings
 from atlib.studies.profiles import Profile
-from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as ex
-from atlib.training import train
+from atlib.training import schedule, train
 
 Tensor = torch.Tensor
-STANDARD = ModelSpec("standard")
-
-
-def selection_set(ctx: cx.Context, select_on: str, holdout: int, data_root: str | None = None
-                  ) -> tuple[Tensor, Tensor, str]:
-    """(x, y, description) of the images the control is calibrated on (never the test set).
-
-    ``holdout``: the ``holdout`` training images that follow the profile's training subset in the fixed
-    permutation (``Data.subset`` takes the first N of it), i.e. images no model of the book trained on.
-    ``train``: the training images themselves (clean, eval mode).
-    """
-    if select_on not in SELECT_ON:
-        raise ValueError(f"select_on must be one of {SELECT_ON}, got {select_on!r}")
-    p = ctx.profile
-    if select_on == "train":
-        return ctx.data.train_x, ctx.data.train_y, (f"the {len(ctx.data.train_y)} training images (clean, eval "
-                                                    f"mode): this profile has no spare training images")
-    full = cx._load_data(p.dataset, data_root, str(ctx.device))
-    n_full = len(full.train_y)
-    used = n_full if p.train_subset is None else min(p.train_subset, n_full)
-    if holdout < 1 or used + holdout > n_full:
-        raise ValueError(f"profile {p.name!r} trains on {used} of {n_full} training images: {holdout} held-out "
-                         f"images are not available; select on 'train' instead")
-    idx = data.fixed_permutation(n_full, seed=0)[used:used + holdout].to(full.train_x.device)
-    return (full.train_x[idx], full.train_y[idx],
-            f"{holdout} held-out training images (positions {used}–{used + holdout - 1} of the fixed permutation, "
-            f"not in the {used}-image training subset)")
+STANDARD = ex.STANDARD
 
 
 def n_grid(n_train: int, n_min: int) -> tuple[int, ...]:
@@ -131,7 +105,8 @@ def calibrate(ctx: cx.Context, at_models: Sequence[torch.nn.Module], st: Confide
     def acc(i: int) -> float:
         n = grid[i]
         if n not in evaluated:
-            cx.fill(ctx, [(matched_model, (n, s)) for s in seeds], f"matched control, n = {n}", progress)
+            cx.fill(ctx, [(matched_model, (n, s)) for s in seeds], f"matched control, n = {n}", progress,
+                    order=lambda job: (schedule.STEP, 0.0))  # a step of a chain: ahead of the bulk
             evaluated[n] = _select_acc([matched_model(ctx, n, s) for s in seeds], (sel_x, sel_y))
         return sum(evaluated[n]) / len(evaluated[n])
 
@@ -176,7 +151,8 @@ def matched_control(ctx: cx.Context, at_models: dict[int, torch.nn.Module], st: 
     """Calibrate n, then train (or load) the matched model of every seed and score it on the whole test set."""
     cal = calibrate(ctx, [at_models[s] for s in sorted(at_models)], st, data_root, progress)
     seeds = ctx.profile.seeds
-    cx.fill(ctx, [(matched_model, (cal.n, s)) for s in seeds], f"matched control, n = {cal.n}", progress)
+    cx.fill(ctx, [(matched_model, (cal.n, s)) for s in seeds], f"matched control, n = {cal.n}", progress,
+            order=lambda job: (schedule.BULK, -ex.cost(ctx, STANDARD)))
     x, y = ctx.data.test_x, ctx.data.test_y.cpu()
     logits = {s: train.predict(matched_model(ctx, cal.n, s), x) for s in seeds}
     at_acc = {s: stats.accuracy(train.predict(m, x), y) for s, m in at_models.items()}

@@ -242,6 +242,13 @@ def test_logits(runs: Sequence[ex.ModelRun], x: Tensor) -> dict[int, Tensor]:
     return {r.seed: train.predict(r.model, x) for r in runs}
 
 
+def precompute(ctx: cx.Context) -> None:
+    """Chapter 03's jobs (for a job session): chapter 02's main AT models, waited for, then the matched control's
+    bisection and models. The early-stopped snapshots come with chapter 02's standard models."""
+    at = ex.training_runs(ctx, (ctx.profile.main_at,), progress=False)
+    matched_control(ctx, {r.seed: r.model for r in at}, ctx.profile.confidence, ctx.data_root)
+
+
 def analyse(ctx: cx.Context, data_root: str | None = None, progress: bool | None = None,
             settings: ConfidenceSettings | None = None) -> Analysis:
     """Load chapter 02's standard and main-AT models, build (or load) the matched control and the early-stopped
@@ -253,7 +260,7 @@ def analyse(ctx: cx.Context, data_root: str | None = None, progress: bool | None
     std = [r for r in runs if r.spec == std_spec]
     at = [r for r in runs if r.spec == at_spec]
     matched = matched_control(ctx, {r.seed: r.model for r in at}, st, data_root, progress)
-    early = early_snapshots(ctx, matched.calibration.target, st.select_on, st.holdout, data_root, progress)
+    early = early_snapshots(ctx, matched.calibration.target, progress)
     d = ctx.data
     logits = {"std": test_logits(std, d.test_x), "at": test_logits(at, d.test_x), "matched": matched.logits,
               "early": {s: e.logits for s, e in early.items()}}

@@ -27,7 +27,7 @@ from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as shrinkage
 from atlib.studies.context import Context
 from atlib.studies.shrinkage.runs import ModelRun
-from atlib.training import distill, masking, train
+from atlib.training import distill, masking, schedule, train
 
 Tensor = torch.Tensor
 SCHEMA = 1  # bump when the orchestration here (targets, seeds, the survivor chain) or a payload layout changes
@@ -338,20 +338,42 @@ def configs(ctx: Context) -> list[tuple[str, float | None]]:
     return out
 
 
+def teacher_job(ctx: Context, seed: int) -> None:
+    """The teachers' work that every student of ``seed`` reads: their training-set logits and transfer examples."""
+    tea = teachers(ctx, seed, progress=False)
+    teacher_outputs(ctx, tea)
+    _transfers(ctx, tea, seed)
+
+
+def cost(ctx: Context, job: tuple) -> float:
+    """A student job's training cost in forward-backward passes over one training image (the PGD-AT student's
+    PGD steps included), as :func:`atlib.studies.shrinkage.runs.cost` counts a model's."""
+    fn, args = job
+    s, atk = ctx.profile.distill, ctx.profile.train_config(ctx.profile.main_at).attack
+    return s.epochs * len(ctx.data.train_y) * (atk.steps + 1 if fn is ceiling_run and atk else 1)
+
+
 def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
-    """Train (or load) every student of every seed, then the PGD-AT references; attack and check all."""
+    """Train (or load) every student of every seed, then the PGD-AT references; attack and check all.
+
+    Kept in this process once loaded (:data:`_GRIDS`): chapter 05 audits the grid chapter 04 loaded."""
+    memo = (ctx.profile, str(ctx.store.root), ctx.data.fingerprint, str(ctx.device))
+    if memo in _GRIDS:
+        return _GRIDS[memo]
     progress = progress_default() if progress is None else progress
     t0 = time.perf_counter()
     seeds = ctx.profile.seeds  # the paired seeds: every main seed of chapter 02, one student each
     cx.fill(ctx, [(shrinkage.model_run, (sp, s)) for s in seeds for sp in teacher_specs(ctx).values()],
-                     "teachers", progress)
+            "teachers", progress, order=lambda job: shrinkage.order(ctx, job[1][0]))
+    cx.fill(ctx, [(teacher_job, (s,)) for s in seeds], "teacher outputs", progress,
+            order=lambda job: (schedule.STEP, 0.0))
     tea = {s: teachers(ctx, s, progress) for s in seeds}
     outs = {s: teacher_outputs(ctx, tea[s]) for s in seeds}
     for s in seeds:
-        _transfers(ctx, tea[s], s)  # here once, not raced by the workers below
+        _transfers(ctx, tea[s], s)  # here once (cached by teacher_job with workers), not raced by the workers below
     jobs = [(a, T, s) for s in seeds for a, T in configs(ctx)]
     cx.fill(ctx, [(ceiling_run, (s,)) for s in seeds] + [(student_run, j) for j in jobs],  # longest first
-                     "students", progress)
+            "students", progress, order=lambda job: (schedule.BULK, -cost(ctx, job)))
     bar = tqdm(jobs, desc=f"{ctx.profile.name}: students", disable=not progress)
     students = []
     for a, T, s in bar:
@@ -359,5 +381,11 @@ def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
         students.append(student_run(ctx, a, T, s, progress=False, tea=tea[s], tl=outs[s]))
     ceiling = [ceiling_run(ctx, s, progress=False, tea=tea[s]) for s in
                tqdm(seeds, desc="PGD-AT students", disable=not progress)]
-    return Grid(students, ceiling, tea, outs, ctx.profile.distill.temperatures, tuple(seeds), len(eval_set(ctx)[1]),
+    grid = Grid(students, ceiling, tea, outs, ctx.profile.distill.temperatures, tuple(seeds), len(eval_set(ctx)[1]),
                 time.perf_counter() - t0)
+    if all(r.cached for r in students + ceiling):  # a grid that computed in-process is re-read next time
+        _GRIDS[memo] = grid
+    return grid
+
+
+_GRIDS: dict[tuple, Grid] = {}  # run_grid's results in this process, by (profile, store, data, device)

@@ -19,11 +19,13 @@ from tqdm.auto import tqdm
 from atlib.core import data, models, stats
 from atlib.core.runtime import progress_default, seed_everything
 from atlib.core.store import artifact_key, code_version_of
-from atlib.studies.context import Context, fill
+from atlib.studies.context import Context, fill, selection_set
 from atlib.studies.shrinkage.settings import ModelSpec
-from atlib.training import distributed, evaluate, train
+from atlib.training import distributed, evaluate, schedule, train
 
 SCHEMA = 2  # bump when the payload layout of a trained model or of its evaluation changes
+SNAPSHOT_SCHEMA = 3  # the standard run's per-epoch snapshots (3: saved by the run itself)
+STANDARD = ModelSpec("standard")
 # A trained model: the training loop (with its attacks, stats, checkpoints), the architecture and the data
 # loaders, each with its import closure; not this module, which imports the evaluation too.
 TRAIN_CODE = code_version_of(train.train, models.build_model, data.load_dataset)
@@ -100,9 +102,12 @@ def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | Non
 
     def compute() -> dict[str, Any]:
         t0 = time.perf_counter()
+        snap = Snapshots(ctx) if spec == STANDARD and not light else None  # chapter 03's early-stopped snapshots
         hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(spec), seed,
                            monitor=None if light else (ctx.eval_x, ctx.eval_y), name=f"train {spec.label} seed {seed}",
-                           progress=progress, checkpoint=None if light else ckpt, fast=fast(ctx))
+                           progress=progress, checkpoint=None if light else ckpt, fast=fast(ctx), on_epoch_end=snap)
+        if snap is not None and snap.complete(len(hist)):  # a resumed run saw only its last epochs: not saved
+            ctx.store.save(snapshot_key(ctx, seed), snap.payload(hist), meta=snapshot_config(ctx, seed))
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
                 "train_seconds": time.perf_counter() - t0}
 
@@ -113,6 +118,52 @@ def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | Non
         model.load_state_dict(payload["state_dict"])
     model.eval()
     return model, payload, key, hit
+
+
+class Snapshots:
+    """``on_epoch_end`` of the standard run: after every epoch, the clean logits on the whole test set and the
+    accuracy on chapter 03's selection set (:func:`atlib.studies.context.selection_set`). Forward passes in eval
+    mode only: the run's weights are bitwise those of a run without it."""
+
+    def __init__(self, ctx: Context):
+        c = ctx.profile.confidence
+        self.test_x = ctx.data.test_x
+        self.sel_x, self.sel_y, _ = selection_set(ctx, c.select_on, c.holdout, ctx.data_root)
+        self.test_logits: list[Tensor] = []
+        self.select_acc: list[float] = []
+
+    def __call__(self, epoch: int, model: nn.Module, record: dict) -> None:
+        self.test_logits.append(train.predict(model, self.test_x))
+        self.select_acc.append(stats.accuracy(train.predict(model, self.sel_x), self.sel_y.cpu()))
+
+    def complete(self, epochs: int) -> bool:
+        return len(self.select_acc) == epochs
+
+    def payload(self, history: list[dict]) -> dict[str, Any]:
+        return {"test_logits": torch.stack(self.test_logits), "select_acc": self.select_acc, "history": history}
+
+
+def snapshot_config(ctx: Context, seed: int) -> dict[str, Any]:
+    c = ctx.profile.confidence
+    return {"schema": SNAPSHOT_SCHEMA, "std_run": run_config(ctx, STANDARD, seed), "select_on": c.select_on,
+            "holdout": c.holdout if c.select_on == "holdout" else 0}
+
+
+def snapshot_key(ctx: Context, seed: int) -> str:
+    return artifact_key("stdsnapshots", snapshot_config(ctx, seed), TRAIN_CODE, ctx.data.fingerprint)
+
+
+def std_snapshots(ctx: Context, seed: int, progress: bool = False) -> tuple[dict[str, Any], bool]:
+    """The standard run's per-epoch :class:`Snapshots` of ``seed``: saved by its own training job (chapter 02's
+    model), re-trained here (the same run) only if that artifact is missing."""
+    def compute() -> dict[str, Any]:
+        model, snap = build(ctx, seed), Snapshots(ctx)
+        hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(STANDARD), seed,
+                           monitor=(ctx.eval_x, ctx.eval_y), name=f"standard seed {seed} (snapshots)",
+                           progress=progress, fast=fast(ctx), on_epoch_end=snap)
+        return snap.payload(hist)
+
+    return ctx.store.get_or_compute(snapshot_key(ctx, seed), compute, meta=snapshot_config(ctx, seed))
 
 
 def model_run(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None) -> ModelRun:
@@ -139,15 +190,27 @@ def training_runs(ctx: Context, specs: tuple[ModelSpec, ...] | None = None,
     progress = progress_default() if progress is None else progress
     jobs = [(s, seed) for s in (specs or ctx.profile.model_specs()) for seed in ctx.profile.seeds_for(s)
             if seeds is None or seed in seeds]
-    steps = {s: (a.steps + 1 if (a := ctx.profile.train_config(s).attack) else 1) for s, _ in jobs}
-    longest_first = sorted(jobs, key=lambda j: -steps[j[0]])  # fewer idle workers at the end
-    fill(ctx, [(model_run, job) for job in longest_first], "models", progress)
+    longest_first = sorted(jobs, key=lambda j: -cost(ctx, j[0]))  # fewer idle workers at the end
+    fill(ctx, [(model_run, job) for job in longest_first], "models", progress, order=lambda job: order(ctx, job[1][0]))
     bar = tqdm(jobs, desc=f"{ctx.profile.name}: models", disable=not progress)
     out = []
     for spec, seed in bar:
         bar.set_postfix_str(f"{spec.label}, seed {seed}")
         out.append(model_run(ctx, spec, seed, progress=progress))
     return out
+
+
+def cost(ctx: Context, spec: ModelSpec) -> float:
+    """A model's training cost in forward-backward passes over one training image: epochs × images × (PGD steps + 1)."""
+    c = ctx.profile.train_config(spec)
+    return c.epochs * len(ctx.data.train_y) * (c.attack.steps + 1 if c.attack else 1)
+
+
+def order(ctx: Context, spec: ModelSpec) -> schedule.Order:
+    """Where a model stands in a job session's queue: the standard and main AT models first (the teachers and
+    calibration targets that chapters 01, 03 and 04 wait on), then the longest first."""
+    tier = schedule.CHAIN if spec in (STANDARD, ctx.profile.main_at) else schedule.BULK
+    return tier, -cost(ctx, spec)
 
 
 def model_record(ctx: Context, run: ModelRun) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as shrinkage
 from atlib.studies.theory import runs as theory
 from atlib.studies.theory.settings import DeepSettings
-from atlib.training import evaluate, train
+from atlib.training import evaluate, schedule, train
 
 Tensor = torch.Tensor
 KINDS = ("label_smoothing", "logit_squeeze", "loss_temperature")
@@ -228,3 +228,23 @@ def control_rows(ctx: cx.Context, deep: dict[str, list[Any]], cal: dict[str, dic
     for kind, per_seed in control_evals(ctx, cal).items():
         rows[f"{KIND_LABELS[kind]} = {cal[kind]['chosen']:g}"] = [control_row(z, ctx.eval_y) for z in per_seed]
     return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# The chapter's jobs, for a job session (python -m atlib compute: every chapter at once)
+# ---------------------------------------------------------------------------------------------------
+
+def flip_job(ctx: cx.Context, spec: ModelSpec, seed: int) -> None:
+    flip_radius(ctx, spec, seed)
+
+
+def precompute(ctx: cx.Context) -> None:
+    """Chapter 01's jobs: the controls' calibration grid (no model needed), chapter 02's standard and main AT models
+    (waited for), then the flip radii of their side seeds and the calibrated controls at every side seed."""
+    p, st = ctx.profile, ctx.profile.theory.deep
+    cx.fill(ctx, [(control_model, (kind, s, p.seeds[0])) for kind in KINDS for s in st.grid(kind)]
+            + [(theory.linear_job, ()), (theory.cached_gaussian_experiment, (p.theory.gaussian, p.side_seed_list))],
+            "controls, linear models, Gaussian model", order=lambda job: (schedule.STEP, 0.0))
+    deep = shrinkage.training_runs(ctx, (ModelSpec("standard"), p.main_at), progress=False)
+    cx.fill(ctx, [(flip_job, (r.spec, r.seed)) for r in deep if r.seed in p.side_seed_list], "flip radii")
+    control_evals(ctx, calibrate(ctx, calibration_target(ctx)[0], p.seeds[0]))

@@ -328,6 +328,19 @@ def cached_linear_experiment(ctx: Any, st: LinearSettings | None = None) -> dict
     return payload
 
 
+def cached_gaussian_experiment(ctx: Any, st: GaussianSettings, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """:func:`gaussian_experiment` through the artifact store (it needs no data: the key is its settings and seeds)."""
+    cfg = {"settings": st, "seeds": list(seeds)}
+    key = artifact_key("theory-gaussian", cfg, code_version_of(__name__), "")
+    payload, _ = ctx.store.get_or_compute(key, lambda: {"rows": gaussian_experiment(st, seeds)["rows"]}, meta=cfg)
+    return {"settings": st, "rows": payload["rows"]}
+
+
+def linear_job(ctx: Any) -> None:
+    """A pool job (chapter 01's planner): the linear experiment into the store."""
+    cached_linear_experiment(ctx)
+
+
 STAT_NAMES = ("mean_max_logit", "mean_centred_max_logit", "mean_logit_gap", "mean_margin_correct", "weight_norm",
               "clean_acc", "exact_robust_acc")
 
