@@ -43,7 +43,8 @@ def std_snapshots(ctx: cx.Context, seed: int, select_on: str, holdout: int, data
             sel_acc.append(stats.accuracy(train.predict(m, sel_x), sel_y.cpu()))
 
         hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(STANDARD), seed,
-                           name=f"standard seed {seed} (snapshots)", progress=progress, on_epoch_end=snapshot)
+                           name=f"standard seed {seed} (snapshots)", progress=progress, on_epoch_end=snapshot,
+                           precision=cfg["std_run"]["precision"])  # chapter 02's run, at its precision
         return {"test_logits": torch.stack(test_logits), "select_acc": sel_acc, "history": hist}
 
     return ctx.store.get_or_compute(key, compute, meta=cfg)
