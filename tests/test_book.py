@@ -191,7 +191,7 @@ def test_finishing_a_notebook_for_the_book():
                     "display_data", data={pages.WIDGET_MIME: {"model_id": "abc"}, "text/plain": "VBox(...)"})]),
                 nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["remove-input"]})]
     prov = pages.Provenance("smoke", "digits, tests", "digits", "mlp, width 64", "cpu (2 cores)", (0, 1),
-                            "0123456789abcdef-dirty", "2026-01-01 00:00", 12.3,
+                            "0123456789abcdef-dirty", "2026-01-01 00:00", 12.3, "fp32", "fp32",
                             compute={"artifacts": 40, "seconds": 1234.5, "unrecorded": 2})
     pages.add_provenance(nb, prov)
     assert pages.static_widgets(nb, "chapters/01_theory.py") == 1
@@ -219,7 +219,7 @@ def test_provenance_box_parses_as_myst_with_the_settings_folded_inside():
     from atlib.studies.profiles import PROFILES, profile_toml
 
     prov = pages.Provenance("smoke", "digits, tests", "digits", "mlp, width 64", "cpu (2 cores)", (0, 1), "0123abc",
-                            "2026-01-01 00:00", 12.3, profile_toml(PROFILES["smoke"]))
+                            "2026-01-01 00:00", 12.3, "fp32", "fp32", profile_toml(PROFILES["smoke"]))
     doc = publish_doctree(prov.markdown(), parser=Parser(), settings_overrides={"report_level": 5})
     outer = [n for n in doc.findall(nodes.admonition) if "atbook-provenance" in n["classes"]]
     assert len(outer) == 1

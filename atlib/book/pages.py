@@ -2,7 +2,7 @@
 hand-written and generated pages, and the per-profile summaries the claims ledger reads.
 
 - Every executed chapter gets a **provenance** box under its title (profile, dataset, model, device, seeds,
-  git commit, wall time), written after papermill finishes, when the wall time is known.
+  training precision, git commit, wall time), written after papermill finishes, when the wall time is known.
 - Code cells are folded behind a "show code" toggle and the papermill parameter cells removed: the book
   is read for its prose, tables and figures; the code is one click away and in ``chapters/``.
 - A widget has no kernel in static HTML: its output becomes a note saying where it is live, and the
@@ -22,6 +22,7 @@ from typing import Any
 import nbformat
 
 from atlib.book import claims
+from atlib.core.runtime import precision_text
 
 REPO = Path(__file__).resolve().parents[2]
 PAGES = REPO / "pages"  # hand-written pages (intro, references), copied into every output folder
@@ -44,6 +45,8 @@ class Provenance:
     git_commit: str
     executed_at: str  # UTC, minutes
     wall_s: float
+    precision: str  # what trained the models on this device: "fp32" or "bf16" (atlib.core.runtime.train_precision)
+    precision_requested: str  # what the profile asked for (Profile.precision)
     settings_toml: str = ""  # the profile's resolved settings (atlib.studies.profiles.profile_toml), folded
     compute: dict[str, Any] | None = None  # what its artifacts cost when computed (atlib.core.store.costs)
 
@@ -71,12 +74,15 @@ class Provenance:
             f"Executed for profile **`{self.profile}`** ({self.description}).  ",
             f"**Dataset** {self.dataset} · **model** {self.model} · **seeds** {', '.join(map(str, self.seeds))} · "
             f"**device** {self.device}  ",
-            f"**git commit** `{commit[:12]}`{dirty} · **executed** {self.executed_at} UTC · " + self.cost_text()] + (settings if self.settings_toml else []) + [fence])
+            f"**training precision** {precision_text(self.precision_requested, self.precision, self.device)}  ",
+            f"**git commit** `{commit[:12]}`{dirty} · **executed** {self.executed_at} UTC · " + self.cost_text()]
+            + (settings if self.settings_toml else []) + [fence])
 
     def as_dict(self) -> dict[str, Any]:
         return {"profile": self.profile, "dataset": self.dataset, "model": self.model, "device": self.device,
-                "seeds": list(self.seeds), "git_commit": self.git_commit, "executed_at": self.executed_at,
-                "wall_s": round(self.wall_s, 1), "compute": self.compute}
+                "seeds": list(self.seeds), "precision": self.precision, "precision_requested": self.precision_requested,
+                "git_commit": self.git_commit, "executed_at": self.executed_at, "wall_s": round(self.wall_s, 1),
+                "compute": self.compute}
 
 
 def add_provenance(nb: nbformat.NotebookNode, prov: Provenance) -> None:

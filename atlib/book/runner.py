@@ -30,7 +30,7 @@ import yaml
 from atlib.book import claims, knobs, pages
 from atlib.book.preflight import BadInputError, BookError, check_out, check_run, default_out  # noqa: F401 (re-exported)
 from atlib.book.progress import ChapterProgress
-from atlib.core.runtime import device_name
+from atlib.core.runtime import device_name, precision_text, train_precision
 from atlib.studies.context import COST_SUFFIX
 from atlib.studies.profiles import DEFAULT_PROFILE, Profile, PROFILES, get_profile, load_profile, profile_toml
 from atlib.training import executor as engines
@@ -224,13 +224,14 @@ def build_html(out: Path) -> Path:
     return out / "_build" / "html"
 
 
-def provenance(p: Profile, device: str, commit: str, wall_s: float) -> pages.Provenance:
-    """The provenance box of one chapter executed for profile ``p``."""
+def provenance(p: Profile, device: str, commit: str, precision: str, wall_s: float) -> pages.Provenance:
+    """The provenance box of one chapter executed for profile ``p`` on ``device`` (a machine, in words), its models
+    trained at ``precision`` (``p.precision`` resolved for the device: :func:`atlib.core.runtime.train_precision`)."""
     subsets = ", ".join(f"{what} subset of {n}" for what, n in (("training", p.train_subset), ("evaluation", p.eval_subset))
                         if n is not None)
     return pages.Provenance(p.name, p.description, p.dataset + (f" ({subsets})" if subsets else ""),
                             p.arch + (f", width {p.width}" if p.width else ""), device, tuple(p.seeds), commit,
-                            _now(), wall_s, profile_toml(p))
+                            _now(), wall_s, precision, p.precision, profile_toml(p))
 
 
 def _shown(path: Path) -> Path:
@@ -242,10 +243,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
 
 
-def _run_chapters(srcs: list[Path], out_dir: Path, params: dict[str, Any], prov_of: tuple[Profile, str, str],
+def _run_chapters(srcs: list[Path], out_dir: Path, params: dict[str, Any], prov_of: tuple[Profile, str, str, str],
                   t0: float) -> dict[str, Any]:
     """Execute the chapters in one kernel, each with a progress line (:class:`ChapterProgress`), and finish their
-    notebooks for the book; returns each chapter's provenance. ``prov_of``: (profile, machine, commit)."""
+    notebooks for the book; returns each chapter's provenance. ``prov_of``: (profile, machine, commit, precision)."""
     chapters = {}
     with shared_kernel(out_dir) as km:
         for i, src in enumerate(srcs, 1):
@@ -330,12 +331,14 @@ def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None
     machine = device_name(dev) if dev.type == "cuda" else f"cpu ({os.cpu_count()} cores)"
     t0 = time.perf_counter()
     jobs_on = f"{n_workers} worker process(es)" if engine == engines.LOCAL else f"Dask ({engine})"
-    print(f"atbook: profile {p.name!r} on {device_name(dev)}, {jobs_on} for cached jobs, "
+    precision = train_precision(p.precision, dev, p.fast)  # what the chapters' training runs at on this device
+    trains = precision_text(p.precision, precision, machine)
+    print(f"atbook: profile {p.name!r} on {device_name(dev)} (training {trains}), {jobs_on} for cached jobs, "
           f"{len(srcs)} chapters → {out_dir}", flush=True)
     computed_s = _compute_first(p, cache_dir, data_root, dev, n_workers, engine)
-    chapters = _run_chapters(srcs, out_dir, params, (p, machine, commit), t0)
+    chapters = _run_chapters(srcs, out_dir, params, (p, machine, commit, precision), t0)
     shutil.rmtree(out_dir / "_executing", ignore_errors=True)
-    summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": machine,
+    summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": machine, "precision": precision,
                                       "git_commit": commit, "executed_at": started, "workers": n_workers,
                                       "elapsed_s": round(time.perf_counter() - t0, 1), "compute_s": round(computed_s, 1),
                                       "chapters": chapters,

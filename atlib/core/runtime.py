@@ -1,4 +1,4 @@
-"""Device choice and seeding: CUDA when present, CPU otherwise."""
+"""Device choice, seeding and training precision: CUDA when present, CPU otherwise."""
 from __future__ import annotations
 
 import os
@@ -86,6 +86,49 @@ def device_name(dev: torch.device) -> str:
     if dev.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(dev)}"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+PRECISIONS = ("fp32", "bf16")  # training precision: float32, or bf16 autocast for the training steps
+
+
+def check_precision(requested: str) -> str:
+    """``requested`` if it is one of :data:`PRECISIONS`, else ValueError saying what is accepted."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision = {requested!r}: one of {', '.join(map(repr, PRECISIONS))} (fp32: float32 "
+                         f"throughout; bf16: bf16 autocast for training where the device has native bf16)")
+    return requested
+
+
+def native_bf16(dev: torch.device) -> bool:
+    """Whether ``dev`` computes bf16 natively: a GPU that supports it, a CPU with AVX512-BF16 or AMX tiles (without
+    them bf16 is emulated, slower than float32). ``$ATLIB_CPU_BF16=0`` says no for the CPU (tests of the fallback)."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if os.environ.get("ATLIB_CPU_BF16", "1") == "0":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private: absent → no
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def train_precision(requested: str, dev: torch.device, fast: bool = False) -> str:
+    """The precision training runs at on ``dev``: "bf16" when ``requested`` and the device has native bf16, or on
+    CUDA when ``fast`` (atlib's CUDA fast path trains under bf16 autocast); "fp32" otherwise. Every trained
+    artifact's cache key holds this resolved value, never the request."""
+    check_precision(requested)
+    if fast and dev.type == "cuda":
+        return "bf16"
+    return "bf16" if requested == "bf16" and native_bf16(dev) else "fp32"
+
+
+def precision_text(requested: str, resolved: str, device: str) -> str:
+    """How a book says which precision trained its models: the resolved one, and why when it is not the request
+    (``device``: as :func:`device_name` or the runner write it, starting ``cuda`` for a GPU)."""
+    if resolved == requested:
+        return resolved
+    chip = "GPU" if device.startswith("cuda") else "CPU"
+    if resolved == "fp32":
+        return f"{requested} requested; this {chip} has no native bf16: fp32"
+    return f"bf16 (the profile's CUDA fast path; {requested} requested)"
 
 
 def progress_default() -> bool:

@@ -17,6 +17,7 @@ from atlib.core.attacks import AttackConfig
 from atlib.core.config import ConfigError, from_table, to_toml
 from atlib.core.data import DATASETS
 from atlib.core.models import ARCHS
+from atlib.core.runtime import PRECISIONS
 from atlib.studies.audit.settings import AuditSettings
 from atlib.studies.confidence.settings import ConfidenceSettings
 from atlib.studies.distillation.settings import DistillSettings
@@ -62,6 +63,7 @@ class Profile:
     side_seeds: int | None  # the first N seeds train all but the main models, matched controls and students (None: all)
     pool_jobs: bool  # CPU: train independent models in worker processes (atlib.training.pool); off where jobs take ~1 s
     fast: bool  # on CUDA: train with atlib's fast path (bf16 autocast, channels_last, fused SGD, compile)
+    precision: str  # training steps: "fp32", or "bf16" (autocast) where the device has native bf16, else fp32
     theory: TheorySettings  # chapter 01
     confidence: ConfidenceSettings  # chapter 03
     distill: DistillSettings  # chapter 04
@@ -89,10 +91,12 @@ class Profile:
             raise ValueError(f"side_seeds={self.side_seeds!r}: between 1 and len(seeds)={len(self.seeds)}, or \"none\"")
 
     def _bad_values(self) -> list[str]:
-        """What is wrong with the schedule's and the threat models' numbers, one entry per key (TOML spelling).
+        """What is wrong with the schedule's and the threat models' numbers and the precision, one entry per key
+        (TOML spelling).
         Images are in [0, 1]: an L∞ ε lies in [0, 1] and an L2 ε is at most the images' diameter (the registry's
         sqrt(C·H·W), black to white); beyond either every image is reachable."""
         shape, diameter, sweep = DATASETS[self.dataset].shape, DATASETS[self.dataset].diameter, self.linf_sweep
+        precisions = ", ".join(f'"{q}"' for q in PRECISIONS)
         checks = (("lr", self.lr, 0 < self.lr < math.inf, "the learning rate must be finite and > 0"),
                   ("weight_decay", self.weight_decay, 0 <= self.weight_decay < math.inf, "must be finite and >= 0"),
                   ("linf_eps", self.linf_eps, 0 < self.linf_eps <= 1,
@@ -101,7 +105,10 @@ class Profile:
                    "need at least one L∞ ε, each in [0, 1] (the images' pixels are in [0, 1]; 0 is the standard model)"),
                   ("l2_eps", self.l2_eps, 0 < self.l2_eps <= diameter,
                    f"an L2 ε must be > 0 and at most the diameter of the {self.dataset} images, sqrt(C·H·W) = "
-                   f"sqrt({'·'.join(map(str, shape))}) = {diameter:.4g} (black to white)"))
+                   f"sqrt({'·'.join(map(str, shape))}) = {diameter:.4g} (black to white)"),
+                  ("precision", f'"{self.precision}"', self.precision in PRECISIONS,
+                   f"one of {precisions} (bf16: autocast for the training steps where the device has native bf16, "
+                   f"else fp32; every evaluation is float32)"))
         return [f"{key} = {value}: {why}" for key, value, ok, why in checks if not ok]
 
     def with_seeds(self, seeds: tuple[int, ...] | list[int]) -> "Profile":
@@ -176,7 +183,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=0.5, train_steps=5, eval_steps=20, meant_for="cpu",
             eps_fadein_epochs=0,
             pool_jobs=False,  # each job ~1 s, a worker's start ~4 s: measured slower pooled
-            fast=False,
+            fast=False, precision="fp32",
             theory=TheorySettings(
                 linear=LinearSettings(n_train=1000, epochs=8, batch_size=200, lr=0.2, weight_decay=5e-4,
                                       eps_sweep=(0.0, 0.05, 0.1, 0.2, 0.3), pgd_steps=5, check_n=200, check_steps=20,
@@ -200,7 +207,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             epochs=24,  # converged: results/fashion/pilot_convergence.json (python -m atlib pilot convergence)
             batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=1.0, train_steps=5, eval_steps=20, meant_for="cpu",
-            pool_jobs=True, fast=False,
+            pool_jobs=True, fast=False, precision="fp32",
             eps_fadein_epochs=0,  # ε = 0.1 does not collapse: every AT model of the published book passes the gates
             theory=TheorySettings(
                 linear=LinearSettings(n_train=2000, epochs=6, batch_size=200, lr=0.05, weight_decay=5e-4,
@@ -226,7 +233,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             side_seeds=3,  # 5000 training images held out to select chapter 03's matched control
             epochs=10, batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.3, linf_sweep=(0.0, 0.15, 0.3), l2_eps=2.0, train_steps=10, eval_steps=40, meant_for="cpu",
-            pool_jobs=True, fast=False,
+            pool_jobs=True, fast=False, precision="fp32",
             # ε = 0.3 from the first step collapses small CNNs to a constant; a linear ε fade-in (MadryLab robustness'
             # eps_fadein_epochs) over the first 3 of 10 epochs: a reconstruction, the length that cured the same
             # collapse on Fashion-MNIST at ε = 0.3 (README, "Validity gates"); not measured on MNIST here
@@ -253,6 +260,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             linf_eps=8 / 255, linf_sweep=(0.0, 4 / 255, 8 / 255), l2_eps=0.5, train_steps=10, eval_steps=20,
             eps_fadein_epochs=0,  # PGD-AT at 8/255 trains from full ε (Madry et al. 2018; Rice et al. 2020)
             meant_for="gpu", pool_jobs=True, fast=True,
+            precision="fp32",  # on CUDA the fast path trains under bf16 autocast whatever this says
             theory=TheorySettings(
                 linear=LinearSettings(n_train=5000, epochs=10, batch_size=200, lr=0.02, weight_decay=5e-4,
                                       eps_sweep=(0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255), pgd_steps=10, check_n=200,

@@ -3,7 +3,7 @@
 A checkpoint holds the model, optimiser and schedule states, the finished epochs' history and every
 random state training draws from (the shuffle generator, the attack generator, torch's global RNG and
 CUDA's), so a resumed run ends bitwise-identical to an uninterrupted one (on the CPU). It also holds a
-fingerprint of the run (training config, seed, data size, parameter shapes): a checkpoint of another
+fingerprint of the run (training config, seed, data size, parameter shapes, precision): a checkpoint of another
 run is ignored with a warning instead of being resumed.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from atlib.core.store import atomic_write
 FORMAT = 1
 
 
-def fingerprint(cfg: Any, seed: int, n: int, model: nn.Module) -> str:
-    """Hash of what determines a run: config, seed, number of samples, parameter names and shapes."""
+def fingerprint(cfg: Any, seed: int, n: int, model: nn.Module, precision: str = "fp32") -> str:
+    """Hash of what determines a run: config, seed, number of samples, parameter names and shapes, precision."""
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    return hashlib.sha256(repr((FORMAT, asdict(cfg), seed, n, shapes)).encode()).hexdigest()
+    return hashlib.sha256(repr((FORMAT, asdict(cfg), seed, n, shapes, precision)).encode()).hexdigest()
 
 
 def save(path: str | Path, state: dict) -> None:

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atlib.core.attacks import AttackConfig, make_attack
-from atlib.training.train import TrainingDiverged, correct, one_cycle
+from atlib.training.train import TrainingDiverged, autocast, correct, one_cycle
 
 Tensor = torch.Tensor
 REDUCTIONS = ("batchmean", "mean")
@@ -88,11 +88,12 @@ class DistillConfig:
 
 
 def distill(model: nn.Module, x: Tensor, targets: Tensor, y: Tensor, cfg: DistillConfig, seed: int,
-            name: str = "student", progress: bool = True) -> list[dict]:
+            name: str = "student", progress: bool = True, precision: str = "fp32") -> list[dict]:
     """Train ``model`` in place on clean (x, targets, y) with :func:`distill_loss`; the per-epoch history.
 
     The optimiser and schedule are ``train.train``'s: SGD with Nesterov momentum, one-cycle learning rate
-    (``train.one_cycle``), a seeded permutation of the training set per epoch.
+    (``train.one_cycle``), a seeded permutation of the training set per epoch. ``precision`` as ``train.train``'s:
+    under "bf16" the forward runs under bf16 autocast and the loss takes its logits as float32.
     """
     if not (len(x) == len(targets) == len(y)):
         raise ValueError(f"{len(x)} inputs, {len(targets)} targets and {len(y)} labels")
@@ -114,8 +115,9 @@ def distill(model: nn.Module, x: Tensor, targets: Tensor, y: Tensor, cfg: Distil
         agree = torch.zeros((), device=dev)
         for b in range(steps):
             idx = perm[b * bs:(b + 1) * bs]
-            z = model(x[idx])
-            loss = distill_loss(z, targets[idx], y[idx], cfg.T, cfg.alpha, cfg.reduction)
+            with autocast(precision, dev):
+                z = model(x[idx]).float()  # an identity under fp32
+                loss = distill_loss(z, targets[idx], y[idx], cfg.T, cfg.alpha, cfg.reduction)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

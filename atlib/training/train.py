@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from atlib.core import stats
 from atlib.core.attacks import PGD, AttackConfig, Shard, make_attack
 from atlib.core.data import augment
+from atlib.core.runtime import check_precision
 from atlib.training import checkpoint as ckpt, distributed as ddp
 
 Tensor = torch.Tensor
@@ -89,9 +90,12 @@ def correct(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> T
     return predict(model, x, batch_size).argmax(1) == y.cpu()
 
 
-def _bf16() -> torch.autocast:
-    """bf16 autocast on CUDA: tensor-core matmuls and convolutions; losses and reductions stay float32."""
-    return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(precision: str, dev: torch.device) -> contextlib.AbstractContextManager:
+    """The training steps' precision on ``dev``: under "bf16", bf16 autocast (matmuls and convolutions in bf16,
+    weights and optimiser float32); under "fp32" nothing changes. Evaluation never runs under it."""
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=torch.bfloat16)
 
 
 @dataclass
@@ -108,7 +112,7 @@ class _Run:
     shuffle_gen: torch.Generator
     attack_gen: torch.Generator
     attack: PGD | None
-    fast: bool
+    precision: str  # the training steps' ("fp32" or "bf16"); the CUDA fast path is always "bf16"
     rank: int
     world: int
 
@@ -122,10 +126,11 @@ class _Run:
 
 
 def _setup(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int, name: str, fast: bool,
-           compile_model: bool | None) -> _Run:
+           compile_model: bool | None, precision: str) -> _Run:
     """Layout, optimiser, one-cycle schedule, compiled forward, seeded generators, attack and DDP wrapper."""
     dev = x.device
     fast = fast and dev.type == "cuda"
+    precision = "bf16" if fast else check_precision(precision)
     if fast and x.ndim == 4:
         model.to(memory_format=torch.channels_last)  # channels_last: the NHWC layout tensor-core convolutions use
         x = x.contiguous(memory_format=torch.channels_last)
@@ -145,7 +150,7 @@ def _setup(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int, 
     if world > 1 and min(bs, n - (steps_per_epoch - 1) * bs) < world:
         raise ValueError(f"{name}: every global batch needs at least one sample per rank ({world} ranks)")
     net = ddp.wrap(model, dev) if world > 1 else fwd  # DDP averages the update's gradients over ranks
-    return _Run(cfg, name, x, y, net, opt, sched, shuffle_gen, attack_gen, attack, fast, rank, world)
+    return _Run(cfg, name, x, y, net, opt, sched, shuffle_gen, attack_gen, attack, precision, rank, world)
 
 
 def _resume(run: _Run, model: nn.Module, state: dict) -> tuple[int, list[dict]]:
@@ -168,12 +173,13 @@ def _attack_now(run: _Run) -> Callable | None:
 
 
 def _batch_loss(run: _Run, xb: Tensor, yb: Tensor, part: Shard | None) -> tuple[Tensor, Tensor]:
-    """(logits, loss) of one batch: PGD examples under AT, then the regularised CE."""
+    """(logits, loss) of one batch: PGD examples under AT, then the regularised CE; the attack and the forward at
+    the run's precision, the loss from float32 logits (an identity under fp32)."""
     cfg = run.cfg
-    with _bf16() if run.fast else contextlib.nullcontext():
+    with autocast(run.precision, xb.device):
         if (attack := _attack_now(run)) is not None:
             xb = attack(xb, yb, run.attack_gen, part)  # the attack runs per rank, on its shard only
-        logits = run.net(xb)
+        logits = run.net(xb).float()
         loss = F.cross_entropy(logits / cfg.loss_temperature, yb, label_smoothing=cfg.label_smoothing)
         if cfg.logit_squeeze:
             loss = loss + cfg.logit_squeeze * logits.pow(2).sum(1).mean()
@@ -254,7 +260,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
           monitor: tuple[Tensor, Tensor] | None = None, name: str = "model", progress: bool = True,
           on_epoch_end: Callable[[int, nn.Module, dict], None] | None = None,
           checkpoint: str | Path | None = None, fast: bool = False,
-          compile_model: bool | None = None) -> list[dict]:
+          compile_model: bool | None = None, precision: str = "fp32") -> list[dict]:
     """Train ``model`` in place on (x, y) and return the per-epoch history.
 
     ``on_epoch_end(epoch, model, record)`` is called after each epoch (e.g. to keep snapshots).
@@ -269,11 +275,15 @@ def train(model: nn.Module, x: Tensor, y: Tensor, cfg: TrainConfig, seed: int,
 
     ``fast`` turns on CUDA-only speed-ups (bf16 autocast, channels_last, fused SGD, and ``torch.compile``
     unless ``compile_model`` is False or ``$ATLIB_COMPILE=0``); on the CPU it changes nothing (float32, eager).
+    ``precision``: "fp32", or "bf16" for bf16 autocast of the training steps on any device (the forward, the loss
+    and the PGD inner attack of AT; gradients flow back through the same casts); weights, optimiser, monitor and
+    every evaluation stay float32. Whether the device has native bf16 is the caller's question
+    (:func:`atlib.core.runtime.train_precision`).
     """
-    run = _setup(model, x, y, cfg, seed, name, fast, compile_model)
+    run = _setup(model, x, y, cfg, seed, name, fast, compile_model, precision)
     start = 0
     history: list[dict] = []
-    fp = ckpt.fingerprint(cfg, seed, run.n, model) if checkpoint is not None else ""
+    fp = ckpt.fingerprint(cfg, seed, run.n, model, run.precision) if checkpoint is not None else ""
     if checkpoint is not None and (state := ckpt.load(checkpoint, fp)) is not None:
         start, history = _resume(run, model, state)
     bar = tqdm(range(start, cfg.epochs), desc=name, disable=not progress, leave=False,

@@ -120,7 +120,7 @@ def student_config(ctx: Context, ablation: str, T: float | None, seed: int, tea:
         teach = {k: model_hash(v.model) for k, v in tea.items()}
     return {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
             "width": s.student_width or p.width, "ablation": ablation, "distill": asdict(dc), "teachers": teach,
-            "seed": seed}
+            "seed": seed, "precision": shrinkage.precision(ctx)}
 
 
 def build_student(ctx: Context, seed: int) -> nn.Module:
@@ -282,7 +282,7 @@ def student_run(ctx: Context, ablation: str, T: float | None, seed: int, progres
         t = tl or teacher_outputs(ctx, tea)
         tgt = ab(t, dc.T, seed).float().to(ctx.device)
         return distill.distill(model, ctx.data.train_x, tgt, ctx.data.train_y, dc, seed,
-                               name=f"{ablation} T={T} seed {seed}", progress=progress)
+                               name=f"{ablation} T={T} seed {seed}", progress=progress, precision=cfg["precision"])
 
     model, payload, key, hit = _trained(ctx, "distill_student", cfg, seed, fit)
     r, _ = evaluate_student(ctx, model, key, seed, _transfers(ctx, tea, seed))
@@ -291,19 +291,30 @@ def student_run(ctx: Context, ablation: str, T: float | None, seed: int, progres
     return _checked(ctx, run, key)
 
 
+def ceiling_train_config(ctx: Context) -> train.TrainConfig:
+    """The PGD-AT student's training: the main AT model's config at the students' epochs and batch size."""
+    s, p = ctx.profile.distill, ctx.profile
+    return replace(p.train_config(p.main_at), epochs=s.epochs, batch_size=s.batch_size, augment=False)
+
+
+def ceiling_config(ctx: Context, seed: int) -> dict:
+    """Everything that determines the PGD-AT student of ``seed`` (its cache key)."""
+    s, p = ctx.profile.distill, ctx.profile
+    return {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
+            "width": s.student_width or p.width, "train": asdict(ceiling_train_config(ctx)), "seed": seed,
+            "precision": shrinkage.precision(ctx)}
+
+
 def ceiling_run(ctx: Context, seed: int, progress: bool | None = None,
                 tea: dict[str, ModelRun] | None = None) -> StudentRun:
     """The PGD-AT student: the student architecture and schedule trained with the teachers' PGD-AT attack."""
     progress = progress_default() if progress is None else progress
-    s, p = ctx.profile.distill, ctx.profile
     tea = tea or teachers(ctx, seed, progress)
-    tc = replace(p.train_config(p.main_at), epochs=s.epochs, batch_size=s.batch_size, augment=False)
-    cfg = {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
-           "width": s.student_width or p.width, "train": asdict(tc), "seed": seed}
+    tc, cfg = ceiling_train_config(ctx), ceiling_config(ctx, seed)
     model, payload, key, hit = _trained(
         ctx, "distill_pgd_at", cfg, seed,
         lambda m: train.train(m, ctx.data.train_x, ctx.data.train_y, tc, seed, name=f"PGD-AT student seed {seed}",
-                              progress=progress))
+                              progress=progress, precision=cfg["precision"]))
     r, _ = evaluate_student(ctx, model, key, seed, _transfers(ctx, tea, seed))
     return StudentRun("pgd_at", None, 0.0, seed, model, payload["history"], r, masking_checks(ctx, r),
                       payload["train_seconds"], hit)

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atlib.core import data, models, stats
-from atlib.core.runtime import progress_default, seed_everything
+from atlib.core.runtime import progress_default, seed_everything, train_precision
 from atlib.core.store import artifact_key, code_version_of
 from atlib.studies.context import Context, fill, selection_set
 from atlib.studies.shrinkage.settings import ModelSpec
@@ -72,13 +72,20 @@ def run_config(ctx: Context, spec: ModelSpec, seed: int) -> dict[str, Any]:
     p = ctx.profile
     return {"schema": SCHEMA, "dataset": p.dataset, "train_subset": p.train_subset, "arch": p.arch,
             "width": p.width, "spec": asdict(spec), "train": p.train_config(spec), "seed": seed,
-            "eval_subset": p.eval_subset, "fast": fast(ctx)}
+            "eval_subset": p.eval_subset, "fast": fast(ctx), "precision": precision(ctx)}
 
 
 def fast(ctx: Context) -> bool:
     """Whether training takes atlib's CUDA fast path (bf16, channels_last, compile): the profile asks for it
     (``Profile.fast``) and the device is a GPU. Part of every model's cache key: bf16 changes the floats."""
     return ctx.profile.fast and ctx.device.type == "cuda"
+
+
+def precision(ctx: Context) -> str:
+    """The precision every training run of the book takes on this device ("fp32" or "bf16"): the profile's request
+    (``Profile.precision``) resolved by :func:`atlib.core.runtime.train_precision`. Part of every trained artifact's
+    cache key (models, matched models, controls, students): bf16 changes the floats."""
+    return train_precision(ctx.profile.precision, ctx.device, ctx.profile.fast)
 
 
 def checkpoint_path(ctx: Context, key: str) -> Path:
@@ -105,7 +112,8 @@ def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | Non
         snap = Snapshots(ctx) if spec == STANDARD and not light else None  # chapter 03's early-stopped snapshots
         hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(spec), seed,
                            monitor=None if light else (ctx.eval_x, ctx.eval_y), name=f"train {spec.label} seed {seed}",
-                           progress=progress, checkpoint=None if light else ckpt, fast=fast(ctx), on_epoch_end=snap)
+                           progress=progress, checkpoint=None if light else ckpt, fast=fast(ctx),
+                           precision=precision(ctx), on_epoch_end=snap)
         if snap is not None and snap.complete(len(hist)):  # a resumed run saw only its last epochs: not saved
             ctx.store.save(snapshot_key(ctx, seed), snap.payload(hist), meta=snapshot_config(ctx, seed))
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
@@ -160,7 +168,7 @@ def std_snapshots(ctx: Context, seed: int, progress: bool = False) -> tuple[dict
         model, snap = build(ctx, seed), Snapshots(ctx)
         hist = train.train(model, ctx.data.train_x, ctx.data.train_y, ctx.profile.train_config(STANDARD), seed,
                            monitor=(ctx.eval_x, ctx.eval_y), name=f"standard seed {seed} (snapshots)",
-                           progress=progress, fast=fast(ctx), on_epoch_end=snap)
+                           progress=progress, fast=fast(ctx), precision=precision(ctx), on_epoch_end=snap)
         return snap.payload(hist)
 
     return ctx.store.get_or_compute(snapshot_key(ctx, seed), compute, meta=snapshot_config(ctx, seed))

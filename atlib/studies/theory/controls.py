@@ -148,7 +148,7 @@ def control_model(ctx: cx.Context, kind: str, strength: float, seed: int,
     def compute() -> dict[str, Any]:
         t0 = time.perf_counter()
         train.train(model, ctx.data.train_x, ctx.data.train_y, tcfg, seed, name=f"{kind}={strength} seed {seed}",
-                    progress=False)
+                    progress=False, precision=cfg["run"]["precision"])  # run_config's: in the key
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "calib_logits": train.predict(model, ctx.data.train_x[:n_calib]),
                 "clean_logits": train.predict(model, ctx.eval_x), "train_seconds": time.perf_counter() - t0}
