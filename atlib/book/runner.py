@@ -341,9 +341,14 @@ def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None
     summary = write_summary(out_dir, {"profile": p.name, "dataset": p.dataset, "device": machine, "precision": precision,
                                       "git_commit": commit, "executed_at": started, "workers": n_workers,
                                       "elapsed_s": round(time.perf_counter() - t0, 1), "compute_s": round(computed_s, 1),
-                                      "chapters": chapters,
-                                      "settings": asdict(p)})
+                                      "chapters": chapters, "settings": asdict(p)})
     print(f"summary: {summary}", flush=True)
+    _finish(out_dir, summary, p, html, record)
+    return summary
+
+
+def _finish(out_dir: Path, summary: Path, p: Profile, html: bool, record: bool) -> None:
+    """The ledger, the knob sheet, the HTML (``html``) and the record (``record``) of an executed book."""
     pages.write_ledger(out_dir, json.loads(summary.read_text()), tuple(PROFILES))
     knobs.write_knob_sheet(out_dir, p)
     if html:
@@ -354,7 +359,6 @@ def run_book(profile: str | os.PathLike | Profile, out: str | os.PathLike | None
         print(f"HTML: {path / 'index.html'}", flush=True)
     if record:
         print(f"recorded: {pages.record_summary(summary, p.name)}", flush=True)
-    return summary
 
 
 def render_book(out: str | os.PathLike | None = None) -> Path:

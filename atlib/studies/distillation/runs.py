@@ -357,17 +357,15 @@ def teacher_job(ctx: Context, seed: int) -> None:
 
 
 def cost(ctx: Context, job: tuple) -> float:
-    """A student job's training cost in forward-backward passes over one training image (the PGD-AT student's
-    PGD steps included), as :func:`atlib.studies.shrinkage.runs.cost` counts a model's."""
+    """A student job's training cost in passes over one image (PGD steps included), as ``shrinkage.cost`` counts."""
     fn, args = job
     s, atk = ctx.profile.distill, ctx.profile.train_config(ctx.profile.main_at).attack
     return s.epochs * len(ctx.data.train_y) * (atk.steps + 1 if fn is ceiling_run and atk else 1)
 
 
 def run_grid(ctx: Context, progress: bool | None = None) -> Grid:
-    """Train (or load) every student of every seed, then the PGD-AT references; attack and check all.
-
-    Kept in this process once loaded (:data:`_GRIDS`): chapter 05 audits the grid chapter 04 loaded."""
+    """Train (or load) every student of every seed, then the PGD-AT references; attack and check all. Kept in this
+    process once loaded (:data:`_GRIDS`): chapter 05 audits the grid chapter 04 loaded."""
     memo = (ctx.profile, str(ctx.store.root), ctx.data.fingerprint, str(ctx.device))
     if memo in _GRIDS:
         return _GRIDS[memo]
