@@ -54,21 +54,31 @@ def std_digits_mlp(digits):
 
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The `smoke` book, executed and rendered once per test session into a temp dir; later tests share it.
+    """The `smoke` book, executed and rendered once per test session into a temp dir; later tests share it. Its
+    cache is filled first by ``compute`` (every chapter's jobs through one shared queue of 2 workers), so the book's
+    chapters only load (tests/test_onepass.py checks that they computed nothing); chapters that compute in their own
+    kernel are exercised by the collapsed and derived-profile books (tests/test_book.py, tests/test_profiles.py).
 
     Returns {"out", "cache", "summary", "seconds", "tracked_book_before", "tracked_book_after", "results_before",
     "results_after"} (the last two: the repository's results/, which a test build must not record into).
     """
     import time
 
+    from atlib.book.compute import compute_all
     from atlib.book.runner import run_book
+    from atlib.training import pool
 
     root = tmp_path_factory.mktemp("smoke-book")
     out, cache = root / "book", root / "cache"
     before, results_before = _tracked_book_state(), _tree_state(REPO_ROOT / "results")
     t0 = time.perf_counter()
-    summary = run_book("smoke", out=out, cache_dir=str(cache), device="cpu")
+    computed = compute_all("smoke", str(cache), device="cpu", workers=2)  # every chapter's jobs, one shared queue
+    pool.shutdown()
+    artifacts = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    summary = run_book("smoke", out=out, cache_dir=str(cache), device="cpu")  # one worker: the chapters only load
     return {"out": out, "cache": cache, "summary": Path(summary), "seconds": time.perf_counter() - t0,
+            "computed": computed, "artifacts_after_compute": artifacts,
+            "artifacts_after_book": {p.name: p.stat().st_mtime_ns for p in cache.iterdir()},
             "tracked_book_before": before, "tracked_book_after": _tracked_book_state(),
             "results_before": results_before, "results_after": _tree_state(REPO_ROOT / "results")}
 

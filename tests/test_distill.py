@@ -312,8 +312,10 @@ def test_chapter_does_not_retrain(smoke_book, monkeypatch):
 
     monkeypatch.setattr("atlib.training.train.train", no_training)
     monkeypatch.setattr("atlib.training.distill.distill", no_training)
+    monkeypatch.setattr(dr, "_GRIDS", {})  # not the grid this process kept: load it from the store
     grid = dr.run_grid(ctx, progress=False)
     assert all(r.cached for r in grid.students + grid.ceiling)
+    assert dr.run_grid(ctx, progress=False) is grid  # kept in the process: chapter 05 reads chapter 04's grid
     # the teachers are chapter 02's models: same weights as model_run's
     for seed in ctx.profile.seeds:
         at = ex.model_run(ctx, ctx.profile.main_at, seed, progress=False)
@@ -321,6 +323,21 @@ def test_chapter_does_not_retrain(smoke_book, monkeypatch):
     # hard_labels is one set of students, shared by every T
     hard = [r for r in grid.students if r.ablation == "hard_labels"]
     assert len(hard) == len(ctx.profile.seeds) and all(r.T is None and r.alpha == 0 for r in hard)
+
+
+def test_chapter_05_audits_chapter_04s_own_pgd_results(smoke_book):
+    from atlib.studies.audit import runs as audit
+
+    ctx = cx.context("smoke", cache_dir=str(smoke_book["cache"]), device="cpu")
+    grid = dr.run_grid(ctx, progress=False)
+    records = {r["name"]: r for r in audit.audit_students(ctx, grid, progress=False)}
+    targets = audit.student_targets(ctx, grid, ctx.profile.side_seed_list[:ctx.profile.audit.student_seeds])
+    assert targets and set(records) == {t.name for t in targets}
+    students = {(r.ablation, r.T, r.seed): r for r in grid.students + grid.ceiling}
+    for t in targets:  # the same PGD attacks on the same images and model: chapter 04's masks, not a re-run
+        r = students[(t.meta["ablation"], t.meta["T"], t.seed)]
+        for k in ("ce", "margin"):
+            assert torch.equal(records[t.name]["robust"][f"atlib_pgd_{k}"], r.robust[k])
 
 
 # ----------------------------------------------------------------------- Square: the gradient-free check

@@ -6,8 +6,6 @@ import time
 import pytest
 import torch
 
-from atlib.book.compute import compute_all
-from atlib.book.runner import run_book
 from atlib.studies import context as cx
 from atlib.studies.shrinkage import runs as ex
 from atlib.training import pool, schedule, train
@@ -89,14 +87,8 @@ def test_the_standard_run_saves_its_snapshots_and_its_weights_are_bitwise_unchan
     assert hit and torch.equal(again["test_logits"], snap["test_logits"])
 
 
-@pytest.mark.slow  # computes the smoke profile through the shared queue, then executes the smoke book
-def test_the_book_after_compute_computes_nothing(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    done = compute_all("smoke", str(cache), device="cpu", workers=2)
+def test_the_book_after_compute_computes_nothing(smoke_book):
+    done, before, after = smoke_book["computed"], smoke_book["artifacts_after_compute"], smoke_book["artifacts_after_book"]
     assert done.model_runs > 0 and done.model_runs_cached == 0 and done.students > 0
-    before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    monkeypatch.setenv("PYTHONPATH", "")  # the runner sets it for the kernel
-    run_book("smoke", out=tmp_path / "book", cache_dir=str(cache), device="cpu", html=False, workers=2)
-    after = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
     assert sorted(after.keys() - before.keys()) == []  # no artifact made: every chapter only loaded
     assert {n: after[n] for n in before} == before  # and none rewritten
