@@ -24,6 +24,12 @@ def broken(ctx, tag: str) -> None:
     raise FloatingPointError(f"job {tag} diverged")
 
 
+def die(ctx, tag: str) -> None:
+    """A job whose worker process dies (as if killed)."""
+    import os
+    os._exit(1)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_pool():
     yield
@@ -61,6 +67,15 @@ def test_a_failing_job_fails_its_planner_by_name_after_the_others_finish(tmp_pat
             schedule.together({"bad": lambda: q.run([(broken, ("x",))]), "good": lambda: q.run([(stamp, ("y",))])})
     assert any("'bad' planner" in n for n in err.value.__notes__)
     assert ctx.store.load("stamp-y") is not None  # the other planner's work is kept
+
+
+@pytest.mark.slow  # spawns worker processes
+def test_a_dead_worker_fails_every_waiting_planner_with_what_to_do(tmp_path):
+    ctx = cx.context("smoke", cache_dir=str(tmp_path), device="cpu", workers=1)
+    with _session(ctx, 1) as q:
+        with pytest.raises(RuntimeError, match="a worker process died"):
+            schedule.together({"dies": lambda: q.run([(die, ("x",))]),
+                               "waits": lambda: (time.sleep(0.5), q.run([(stamp, ("never",))]))})
 
 
 def test_a_session_is_one_at_a_time(tmp_path):

@@ -28,6 +28,9 @@ from atlib.core.store import CacheMiss, Store
 
 Job = tuple[Callable[..., Any], tuple]  # (module-level function fn(ctx, *args) that fills the store, args)
 MAX_WORKERS = 8
+DEAD_WORKER = ("a worker process died (killed, or out of memory?); what finished is cached: re-run, or set "
+               "ATLIB_WORKERS=1 to compute in-process. From a script, call atlib under `if __name__ == '__main__':` "
+               "(workers are spawned processes that import the main module)")
 
 
 def parse_workers(value: Any, what: str = "workers") -> int:
@@ -133,9 +136,6 @@ def run(jobs: Sequence[Job], workers: int, factory: Callable[..., Any], factory_
         raise
     if isinstance(failed, BrokenProcessPool):
         shutdown()
-        raise RuntimeError(
-            "a worker process died (killed, or out of memory?); what finished is cached: re-run, or set "
-            "ATLIB_WORKERS=1 to compute in-process. From a script, call atlib under `if __name__ == '__main__':` "
-            "(workers are spawned processes that import the main module)") from failed
+        raise RuntimeError(DEAD_WORKER) from failed
     if failed is not None:
         raise failed

@@ -84,12 +84,17 @@ class Queue:
         with self._lock:
             self._running -= 1
             self._bar.update(1)
+            if isinstance(error, BrokenProcessPool):  # every queued job would fail the same way: fail them now
+                broken, error = error, RuntimeError(pool.DEAD_WORKER)
+                error.__cause__ = broken
+                for *_, q in self._heap:
+                    self._futures[q].set_exception(error)
+                self._heap.clear()
             if error is None:
                 self._futures[k].set_result(None)
-            else:
+            elif not self._futures[k].done():
                 self._futures[k].set_exception(error)
-            if not isinstance(error, BrokenProcessPool):
-                self._dispatch()
+            self._dispatch()
 
     def run(self, jobs: Sequence[pool.Job], order: Callable[[pool.Job], Order] | None = None) -> None:
         """Queue the jobs and wait for them; the first failure is raised (after the others finished)."""
