@@ -182,7 +182,9 @@ study.views.show_diagnoses(diagnoses, records[0]["n"])
 # masking checks on each. Here the same oracles as above run on them: the student of every recipe and
 # the PGD-AT student (all loaded from chapter 04's cache, not retrained), for the seeds named below, on
 # chapter 04's own evaluation samples (so both chapters attack the same images), under the teachers' L∞
-# threat model. Students distilled on clean inputs are expected
+# threat model. The atlib PGD-CE and PGD-margin columns are chapter 04's own results (the same attacks on
+# the same images and models, not a second draw of their random starts): what is audited is what chapter 04
+# publishes. Students distilled on clean inputs are expected
 # to be far less robust than their AT teacher; what matters here is whether atlib's PGD finds their
 # weakness as well as the oracles do, above all for the students that *look* robust in chapter 04
 # (those trained on targets whose non-maximal probabilities were flattened or shuffled). The rules are

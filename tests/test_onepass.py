@@ -104,6 +104,6 @@ def test_the_standard_run_saves_its_snapshots_and_its_weights_are_bitwise_unchan
 
 def test_the_book_after_compute_computes_nothing(smoke_book):
     done, before, after = smoke_book["computed"], smoke_book["artifacts_after_compute"], smoke_book["artifacts_after_book"]
-    assert done.model_runs > 0 and done.model_runs_cached == 0 and done.students > 0
+    assert done.model_runs > 0 and done.students > 0 and before  # compute made the artifacts (its workers did)
     assert sorted(after.keys() - before.keys()) == []  # no artifact made: every chapter only loaded
     assert {n: after[n] for n in before} == before  # and none rewritten

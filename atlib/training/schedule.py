@@ -62,7 +62,6 @@ class Queue:
                     self._futures[k], self._jobs[k] = Future(), job
                     heapq.heappush(self._heap, (order(job) if order else (BULK, 0.0), next(self._seq), k))
                     self._bar.total += 1
-                    self._bar.refresh()
                 out.append(self._futures[k])
             self._dispatch()
         return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from atlib.studies import context as cx
-from atlib.studies.audit import runs
+from atlib.studies.audit import runs, views
 from atlib.studies.distillation import runs as dr
 from atlib.studies.shrinkage import runs as shrinkage
 from atlib.training import schedule
@@ -31,10 +31,13 @@ def audit_student_job(ctx: Any, ablation: str, T: float | None, seed: int) -> No
 
 
 def precompute_models(ctx: Any) -> None:
-    """Chapter 05's jobs on chapter 02's models: every side-seed model audited, one job per spec."""
+    """Chapter 05's jobs on chapter 02's models: every side-seed model audited, one job per spec, then the
+    diagnosis of the flagged ones (in this process: a few models at most)."""
     specs = [sp for sp in ctx.profile.model_specs() if set(ctx.profile.side_seed_list) & set(ctx.profile.seeds_for(sp))]
-    shrinkage.training_runs(ctx, tuple(specs), progress=False, seeds=ctx.profile.side_seed_list)  # wait for them
+    models = shrinkage.training_runs(ctx, tuple(specs), progress=False, seeds=ctx.profile.side_seed_list)  # waits
     cx.fill(ctx, [(audit_spec_job, (sp,)) for sp in specs], "audits", order=lambda job: (schedule.BULK, 0.0))
+    models = shrinkage.training_runs(ctx, progress=False, seeds=ctx.profile.side_seed_list)  # the chapter's list
+    views.diagnose_runs(ctx, models, runs.audit_runs(ctx, models, progress=False))  # flagged models, here
 
 
 def precompute_students(ctx: Any, grid: Any) -> None:
@@ -42,3 +45,4 @@ def precompute_students(ctx: Any, grid: Any) -> None:
     keep = set(ctx.profile.side_seed_list[:ctx.profile.audit.student_seeds])
     jobs = [(audit_student_job, (r.ablation, r.T, r.seed)) for r in [*grid.students, *grid.ceiling] if r.seed in keep]
     cx.fill(ctx, jobs, "student audits", order=lambda job: (schedule.BULK, 0.0))
+    views.diagnose_students(ctx, grid, runs.audit_students(ctx, grid, progress=False))  # flagged students, here
