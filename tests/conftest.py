@@ -15,10 +15,12 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that needs the smoke book, directly or through another fixture, is ``slow``: none can forget it."""
+    """Every test that needs the smoke book, directly or through another fixture, is ``slow``: none can forget it;
+    and all of them run in one xdist worker (``--dist loadgroup``), so the session builds the book once."""
     for item in items:
         if "smoke_book" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("smoke_book"))
 
 
 @pytest.fixture(autouse=True)

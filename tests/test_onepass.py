@@ -107,3 +107,23 @@ def test_the_book_after_compute_computes_nothing(smoke_book):
     assert done.model_runs > 0 and done.students > 0 and before  # compute made the artifacts (its workers did)
     assert sorted(after.keys() - before.keys()) == []  # no artifact made: every chapter only loaded
     assert {n: after[n] for n in before} == before  # and none rewritten
+
+
+def test_a_whole_pass_leaves_a_receipt_that_a_code_edit_or_a_lost_artifact_voids(smoke_book, monkeypatch):
+    ctx = cx.context("smoke", cache_dir=str(smoke_book["cache"]), device="cpu", workers=2)
+    monkeypatch.setattr(cx, "_COMPLETE", {})
+    assert cx.complete(ctx)
+    keys = cx.receipt(ctx)["keys"]
+    assert {k.split("-")[0] for k in keys} >= {"model", "evaluation", "distill_student", "audit", "stdsnapshots"}
+    assert cx.fill(ctx, [(stamp, ("unasked",))], "x") == 0 and ctx.store.load("stamp-unasked") is None  # no probe
+    with monkeypatch.context() as m:  # any edit to atlib: the receipt is another one, not found
+        m.setattr(cx, "package_version", lambda: "edited")
+        m.setattr(cx, "_COMPLETE", {})
+        assert not cx.complete(ctx)
+    lost = ctx.store.path(next(k for k in keys if k.startswith("distill_student")))
+    lost.rename(lost.with_suffix(".away"))
+    try:
+        monkeypatch.setattr(cx, "_COMPLETE", {})
+        assert not cx.complete(ctx)  # a listed artifact is gone: probe job by job again
+    finally:
+        lost.with_suffix(".away").rename(lost)

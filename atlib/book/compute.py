@@ -23,6 +23,7 @@ import torch
 
 from atlib.book.preflight import check_run
 from atlib.core.runtime import progress_default
+from atlib.core.store import touched
 from atlib.studies import context as cx
 from atlib.studies.audit import jobs as audit_jobs
 from atlib.studies.confidence import runs as confidence
@@ -67,16 +68,21 @@ def compute_context(ctx: cx.Context, progress: bool | None = None) -> Computed:
     """Run every planner for ``ctx``: at once over one job queue when jobs go to local worker processes, else in
     book order."""
     progress = progress_default() if progress is None else progress
+    if cx.complete(ctx):  # this code's whole pass over this profile is in the store already: all cached
+        models, _, students, _ = cx.receipt(ctx)["counts"]
+        return Computed(models, models, students, students)
     plans = planners(ctx)
     if ctx.executor == engines.LOCAL and ctx.workers > 1 and distributed.rank_world()[1] == 1:
         with schedule.session(ctx.workers, cx.context, cx.factory_args(ctx), progress):
-            done = schedule.together(plans)
+            done = schedule.together(plans, log=(lambda line: print(f"    {line}", flush=True)) if progress else None)
         pool.shutdown()  # the chapters that follow only load: no idle worker processes kept
     else:
         done = {name: plan() for name, plan in plans.items()}
     runs, grid = done["02 models"], done["04 students, 05 their audits"]
     students = grid.students + grid.ceiling
-    return Computed(len(runs), sum(r.cached for r in runs), len(students), sum(s.cached for s in students))
+    counts = (len(runs), sum(r.cached for r in runs), len(students), sum(s.cached for s in students))
+    cx.write_receipt(ctx, touched(), counts)
+    return Computed(*counts)
 
 
 def compute_all(profile: str | Profile, cache_dir: str | None = None, data_root: str | None = None,

@@ -279,7 +279,7 @@ def _compute_first(p: Profile, cache_dir: str | None, data_root: str | None, dev
 
     t = time.perf_counter()
     print("[0] every chapter's cached jobs, one pass ...", flush=True)
-    done = compute_context(cx.context(p, cache_dir, data_root, str(dev), workers, engine), progress=sys.stderr.isatty())
+    done = compute_context(cx.context(p, cache_dir, data_root, str(dev), workers, engine), progress=True)
     print(f"[0] done in {time.perf_counter() - t:.0f}s: {done}", flush=True)
     return time.perf_counter() - t
 

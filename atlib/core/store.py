@@ -144,6 +144,16 @@ def code_version_of(*targets: Any) -> str:
     return h.hexdigest()[:12]
 
 
+def package_version() -> str:
+    """Short hash of every module of the atlib package (names and sources): any edit anywhere changes it."""
+    names = sorted(".".join((CODE_PACKAGE, *p.relative_to(_ROOT).with_suffix("").parts)).removesuffix(".__init__")
+                   for p in _ROOT.rglob("*.py"))
+    h = hashlib.sha256()
+    for name in names:
+        h.update(f"{name}\0{_module_info(name)[0]}\n".encode())
+    return h.hexdigest()[:12]
+
+
 def _canonical(obj: Any) -> Any:
     if hasattr(obj, "__dataclass_fields__"):
         return {k: _canonical(getattr(obj, k)) for k in obj.__dataclass_fields__}
@@ -262,6 +272,12 @@ _COSTS_LOCK = threading.Lock()
 def _record_cost(key: str, seconds: float | None) -> None:
     with _COSTS_LOCK:
         _COSTS[key] = seconds
+
+
+def touched() -> list[str]:
+    """The keys of every artifact loaded or computed in this process since :func:`reset_costs`."""
+    with _COSTS_LOCK:
+        return list(_COSTS)
 
 
 def reset_costs() -> None:

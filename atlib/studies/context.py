@@ -18,7 +18,7 @@ import torch
 
 from atlib.core import data
 from atlib.core.runtime import pick_device, progress_default, strict_determinism
-from atlib.core.store import Store, costs, reset_costs
+from atlib.core.store import Store, artifact_key, costs, package_version, reset_costs
 from atlib.studies.confidence.settings import SELECT_ON
 from atlib.studies.profiles import Profile, get_profile
 from atlib.training import distributed, pool, schedule
@@ -74,6 +74,8 @@ def fill(ctx: Context, jobs: Sequence[pool.Job], desc: str, progress: bool | Non
     ranked by ``order`` (a tier, then the longest first), and this call waits for them only."""
     if distributed.rank_world()[1] > 1 or (ctx.executor == engine.LOCAL and ctx.workers <= 1):
         return 0  # under torchrun the ranks share each job
+    if complete(ctx):
+        return 0  # a whole pass of this code over this profile filled the store: nothing to probe
     todo = pool.probe(ctx.store, ctx, jobs)
     if (queue := schedule.current()) is not None and ctx.executor == engine.LOCAL:
         queue.run([job for job, _ in todo], order)
@@ -86,6 +88,39 @@ def fill(ctx: Context, jobs: Sequence[pool.Job], desc: str, progress: bool | Non
         engine.run(ctx.store, todo, ctx.executor, worker_context, (ctx.profile, ctx.data_root, ctx.device.type),
                    ctx.data.fingerprint, gpu=ctx.device.type == "cuda", desc=desc, progress=progress)
     return len(todo)
+
+
+# ------------------------------------------------------------------------------ receipts of a whole pass
+def receipt_key(ctx: Context) -> str:
+    """The receipt of a whole ``compute`` pass for this profile, device type and data, by this exact atlib code."""
+    return artifact_key("receipt", {"profile": ctx.profile, "device": ctx.device.type}, package_version(),
+                        ctx.data.fingerprint)
+
+
+def write_receipt(ctx: Context, keys: Sequence[str], counts: Sequence[int]) -> None:
+    """Record that every job of every chapter is in the store (``keys``: the artifacts the pass loaded or wrote;
+    ``counts``: its model runs and students, as ``compute`` reports them)."""
+    ctx.store.save(receipt_key(ctx), {"keys": sorted(keys), "counts": list(counts)})
+    _COMPLETE.pop(receipt_key(ctx) + str(ctx.store.root), None)
+
+
+def receipt(ctx: Context) -> dict[str, Any] | None:
+    """The receipt of this code's whole pass over ``ctx``'s profile, if the store holds one."""
+    return ctx.store.load(receipt_key(ctx))
+
+
+def complete(ctx: Context) -> bool:
+    """Whether a whole pass of this code over this profile filled this store and each artifact it listed is still
+    there (a few thousand file checks, once per process): then no job can be missing and ``fill`` probes none.
+    With any edit to atlib the receipt no longer matches and the jobs are probed one by one, as always."""
+    memo = receipt_key(ctx) + str(ctx.store.root)
+    if memo not in _COMPLETE:
+        found = receipt(ctx)
+        _COMPLETE[memo] = found is not None and all(ctx.store.path(k).exists() for k in found["keys"])
+    return _COMPLETE[memo]
+
+
+_COMPLETE: dict[str, bool] = {}
 
 
 def factory_args(ctx: Context) -> tuple:

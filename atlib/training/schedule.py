@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import sys
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -45,7 +47,9 @@ class Queue:
         self._futures: dict[Hashable, Future] = {}
         self._running = 0
         self._seq = itertools.count()
-        self._bar = tqdm(total=0, desc=f"all jobs ({workers} workers)", disable=not progress, mininterval=1.0)
+        # on a terminal a live bar; in a log one line a minute (every line of a live bar would flood it)
+        self._bar = tqdm(total=0, desc=f"all jobs ({workers} workers)", disable=not progress,
+                         mininterval=1.0 if sys.stderr.isatty() else 60.0)
 
     @property
     def submitted(self) -> int:
@@ -129,15 +133,19 @@ def session(workers: int, factory: Callable[..., Any], factory_args: tuple, prog
         _CURRENT = None
 
 
-def together(planners: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+def together(planners: dict[str, Callable[[], Any]], log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the planners in threads of this process at once; their results by name. If one raises, the others
-    still run to the end (what they computed is cached), then the first error is raised with its planner's name."""
+    still run to the end (what they computed is cached), then the first error is raised with its planner's name.
+    ``log`` gets a line as each planner finishes (the phases of a pass, with their wall times)."""
     results: dict[str, Any] = {}
     errors: list[tuple[str, BaseException]] = []
+    t0 = time.perf_counter()
 
     def go(name: str, fn: Callable[[], Any]) -> None:
         try:
             results[name] = fn()
+            if log is not None:
+                log(f"{name}: done at {time.perf_counter() - t0:.0f}s")
         except BaseException as e:  # noqa: BLE001 - reported below, with the planner's name
             errors.append((name, e))
 

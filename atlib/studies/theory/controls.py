@@ -203,7 +203,8 @@ def calibrate(ctx: cx.Context, target_gap: float, seed: int) -> dict[str, dict[s
 def control_evals(ctx: cx.Context, cal: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Tensor]]]:
     """Per control: :func:`control_eval` of its calibrated strength at every seed of the profile."""
     jobs = {kind: [(kind, c["chosen"], s) for s in ctx.profile.side_seed_list] for kind, c in cal.items()}
-    cx.fill(ctx, [(control_eval, j) for js in jobs.values() for j in js], "controls")
+    cx.fill(ctx, [(control_eval, j) for js in jobs.values() for j in js], "controls",  # each trains a standard-size model
+            order=lambda job: (schedule.BULK, -shrinkage.cost(ctx, ModelSpec("standard"))))
     return {kind: [control_eval(ctx, *j) for j in js] for kind, js in jobs.items()}
 
 
