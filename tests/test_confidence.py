@@ -154,7 +154,7 @@ def test_calibration_bisects_to_the_closest_n(monkeypatch, tmp_path):
     acc = {n: 1 - 30 / (n + 30) for n in cm.n_grid(len(ctx.data.train_y), 20)}  # rises with n
     trained = []
     monkeypatch.setattr(cm, "matched_model", lambda c, n, s: trained.append((n, s)) or n)
-    monkeypatch.setattr(cm, "_select_acc", lambda models, sel: [0.9 if m == "AT" else acc[m] for m in models])
+    monkeypatch.setattr(cm, "_select_acc", lambda ctx, models, sel: [0.9 if m == "AT" else acc[m] for m in models])
     cal = cm.calibrate(ctx, ["AT", "AT"], st)
     best = min(acc, key=lambda n: abs(acc[n] - 0.9))
     assert cal.target == 0.9 and cal.n == best and cal.monotone

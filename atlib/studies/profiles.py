@@ -201,7 +201,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
                                 linf_grid=MASKING_GRID, sweep_steps=20, few_steps=10, many_steps=50, restarts=5,
                                 diagnose_max=3, student_seeds=1, batch_size=500)),
     Profile(name="fashion", description="Fashion-MNIST, a small stride-2 CNN, a 10k training subset and a fixed "
-            "1k evaluation subset: the default book, for a CPU",
+            "1k evaluation subset: the default book, for a CPU (26 min from an empty cache on 2 idle cores)",
             dataset="fashion", arch="small_cnn", width=16, train_subset=10_000, eval_subset=1000,
             seeds=(0, 1, 2, 3, 4, 5), side_seeds=3,
             epochs=24,  # converged: results/fashion/pilot_convergence.json (python -m atlib pilot convergence)

@@ -12,7 +12,7 @@ from typing import Any
 from IPython.display import Markdown
 
 from atlib.core import stats
-from atlib.core.runtime import device_name
+from atlib.core.runtime import device_name, precision_text, train_precision
 from atlib.studies.context import Context
 from atlib.studies.rule import Rule, book_level
 
@@ -133,6 +133,16 @@ def fmt(iv: stats.Interval, digits: int = 3) -> str:
     return f"{iv.mean:.{digits}g} ± {iv.half_width:.2g} ({iv.n} seeds)"
 
 
+def _precision_row(ctx: Context) -> str:
+    """What trained the models on this device, and that every evaluation is float32."""
+    p = ctx.profile
+    used = train_precision(p.precision, ctx.device, p.fast)
+    how = ("bf16 autocast for every training step (forward, loss, backward and the PGD inner attack of AT); weights, "
+           "optimiser and every evaluation attack in float32" if used == "bf16" else "float32 throughout")
+    said = precision_text(p.precision, used, str(ctx.device))
+    return how if said == used else f"{said}: {how}"
+
+
 def setting_table(ctx: Context) -> Markdown:
     """The profile's setting, including the attacks by name, as a two-column Markdown table."""
     p, d = ctx.profile, ctx.data
@@ -145,6 +155,7 @@ def setting_table(ctx: Context) -> Markdown:
         "model": f"{p.arch}" + (f" (width {p.width})" if p.width else ""),
         "training": f"SGD (Nesterov momentum 0.9, weight decay {p.weight_decay}), batch {p.batch_size}, "
                     f"{p.epochs} epochs, one-cycle lr peak {p.lr}; last-epoch weights are evaluated",
+        "training precision": _precision_row(ctx),
         "AT attack (training)": tr_at.label + f", step {tr_at.step_size:.3g}, random start" if tr_at else "-",
         "evaluation attacks": "; ".join(f"{c.label} (step {c.step_size:.3g}, random start)" for c in atk.values()),
         "seeds": ", ".join(map(str, p.seeds)) + (

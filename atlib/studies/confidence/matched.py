@@ -29,7 +29,7 @@ from atlib.studies.context import selection_set  # noqa: F401 - chapter 03's nam
 from atlib.studies.confidence.settings import ConfidenceSettings
 from atlib.studies.profiles import Profile
 from atlib.studies.shrinkage import runs as ex
-from atlib.training import schedule, train
+from atlib.training import schedule
 
 Tensor = torch.Tensor
 STANDARD = ex.STANDARD
@@ -69,8 +69,8 @@ def matched_model(ctx: cx.Context, n: int, seed: int) -> torch.nn.Module:
     return ex.trained_model(matched_context(ctx, n), STANDARD, seed, progress=False, light=light)[0]
 
 
-def _select_acc(models: Sequence[torch.nn.Module], sel: tuple[Tensor, Tensor]) -> list[float]:
-    return [stats.accuracy(train.predict(m, sel[0]), sel[1].cpu()) for m in models]
+def _select_acc(ctx: cx.Context, models: Sequence[torch.nn.Module], sel: tuple[Tensor, Tensor, str]) -> list[float]:
+    return [stats.accuracy(ex.predict(ctx, m, sel[0], sel[2]), sel[1].cpu()) for m in models]
 
 
 @dataclass
@@ -95,7 +95,7 @@ def calibrate(ctx: cx.Context, at_models: Sequence[torch.nn.Module], st: Confide
               data_root: str | None = None, progress: bool = False) -> Calibration:
     """Bisect the grid for the n whose mean selection accuracy (first ``calib_seeds`` seeds) is closest to AT's."""
     sel_x, sel_y, desc = selection_set(ctx, st.select_on, st.holdout, data_root)
-    at_acc = _select_acc(at_models, (sel_x, sel_y))
+    at_acc = _select_acc(ctx, at_models, (sel_x, sel_y, desc))
     target = sum(at_acc) / len(at_acc)
     n_train = len(ctx.data.train_y)
     grid = n_grid(n_train, min(st.grid_min, n_train))
@@ -107,7 +107,7 @@ def calibrate(ctx: cx.Context, at_models: Sequence[torch.nn.Module], st: Confide
         if n not in evaluated:
             cx.fill(ctx, [(matched_model, (n, s)) for s in seeds], f"matched control, n = {n}", progress,
                     order=lambda job: (schedule.STEP, 0.0))  # a step of a chain: ahead of the bulk
-            evaluated[n] = _select_acc([matched_model(ctx, n, s) for s in seeds], (sel_x, sel_y))
+            evaluated[n] = _select_acc(ctx, [matched_model(ctx, n, s) for s in seeds], (sel_x, sel_y, desc))
         return sum(evaluated[n]) / len(evaluated[n])
 
     lo, hi = 0, len(grid) - 1
@@ -154,6 +154,6 @@ def matched_control(ctx: cx.Context, at_models: dict[int, torch.nn.Module], st: 
     cx.fill(ctx, [(matched_model, (cal.n, s)) for s in seeds], f"matched control, n = {cal.n}", progress,
             order=lambda job: (schedule.BULK, -ex.cost(ctx, STANDARD)))
     x, y = ctx.data.test_x, ctx.data.test_y.cpu()
-    logits = {s: train.predict(matched_model(ctx, cal.n, s), x) for s in seeds}
-    at_acc = {s: stats.accuracy(train.predict(m, x), y) for s, m in at_models.items()}
+    logits = {s: ex.predict(ctx, matched_model(ctx, cal.n, s), x, "test") for s in seeds}
+    at_acc = {s: stats.accuracy(ex.predict(ctx, m, x, "test"), y) for s, m in at_models.items()}
     return MatchedControl(cal, logits, {s: stats.accuracy(z, y) for s, z in logits.items()}, at_acc)

@@ -32,7 +32,6 @@ from atlib.studies.confidence.settings import ConfidenceSettings
 from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.studies.shrinkage import runs as ex
 from atlib.studies.shrinkage.rules import RULE as GATES_RULE  # the validity gates' thresholds, written once there
-from atlib.training import train
 
 Tensor = torch.Tensor
 
@@ -237,16 +236,18 @@ def comparisons(logits: Mapping[str, Mapping[int, Tensor]], fn: Callable[[Any, A
     return out
 
 
-def test_logits(runs: Sequence[ex.ModelRun], x: Tensor) -> dict[int, Tensor]:
+def test_logits(ctx: cx.Context, runs: Sequence[ex.ModelRun]) -> dict[int, Tensor]:
     """Clean logits of each run's model on ``x`` (the whole test set), by seed."""
-    return {r.seed: train.predict(r.model, x) for r in runs}
+    return {r.seed: ex.predict(ctx, r.model, ctx.data.test_x, "test") for r in runs}
 
 
 def precompute(ctx: cx.Context) -> None:
     """Chapter 03's jobs (for a job session): chapter 02's main AT models, waited for, then the matched control's
-    bisection and models. The early-stopped snapshots come with chapter 02's standard models."""
+    bisection and models, and every model's test-set logits. The early-stopped snapshots come with chapter 02's
+    standard models."""
     at = ex.training_runs(ctx, (ctx.profile.main_at,), progress=False)
     matched_control(ctx, {r.seed: r.model for r in at}, ctx.profile.confidence, ctx.data_root)
+    test_logits(ctx, ex.training_runs(ctx, (ex.STANDARD, ctx.profile.main_at), progress=False))  # cached here once
 
 
 def analyse(ctx: cx.Context, data_root: str | None = None, progress: bool | None = None,
@@ -262,7 +263,7 @@ def analyse(ctx: cx.Context, data_root: str | None = None, progress: bool | None
     matched = matched_control(ctx, {r.seed: r.model for r in at}, st, data_root, progress)
     early = early_snapshots(ctx, matched.calibration.target, progress)
     d = ctx.data
-    logits = {"std": test_logits(std, d.test_x), "at": test_logits(at, d.test_x), "matched": matched.logits,
+    logits = {"std": test_logits(ctx, std), "at": test_logits(ctx, at), "matched": matched.logits,
               "early": {s: e.logits for s, e in early.items()}}
     an = Analysis(ctx, st, std_spec, at_spec, logits, d.test_y.cpu(), d.test_x.cpu(), torch.arange(len(d.test_y)),
                   matched, early, models_cached=all(r.cached for r in runs))

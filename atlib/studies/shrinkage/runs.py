@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from atlib.core import data, models, stats
 from atlib.core.runtime import progress_default, seed_everything, train_precision
-from atlib.core.store import artifact_key, code_version_of
+from atlib.core.store import artifact_key, code_version_of, model_hash
 from atlib.studies.context import Context, fill, selection_set
 from atlib.studies.shrinkage.settings import ModelSpec
 from atlib.training import distributed, evaluate, schedule, train
@@ -32,6 +32,7 @@ TRAIN_CODE = code_version_of(train.train, models.build_model, data.load_dataset)
 # Its evaluation: evaluate's closure (attacks, and train's predict with its closure); retrain-free fixes.
 EVAL_CODE = code_version_of(evaluate.evaluate)
 CODE = TRAIN_CODE + "-" + EVAL_CODE
+PREDICT_CODE = code_version_of(train.predict)  # cached clean predictions (:func:`predict`)
 
 Tensor = torch.Tensor
 
@@ -172,6 +173,16 @@ def std_snapshots(ctx: Context, seed: int, progress: bool = False) -> tuple[dict
         return snap.payload(hist)
 
     return ctx.store.get_or_compute(snapshot_key(ctx, seed), compute, meta=snapshot_config(ctx, seed))
+
+
+def predict(ctx: Context, model: nn.Module, x: Tensor, what: str) -> Tensor:
+    """``train.predict(model, x)``, cached: clean logits of a stored model on a named input set of this profile's
+    data (``what`` names it, e.g. ``"test"``: two sets may share a name only if they are equal). Chapters re-read
+    them on every build; the forward passes run once."""
+    cfg = {"model": model_hash(model), "inputs": what, "n": len(x)}
+    out, _ = ctx.store.get_or_compute(artifact_key("predict", cfg, PREDICT_CODE, ctx.data.fingerprint),
+                                      lambda: {"logits": train.predict(model, x)}, meta=cfg)
+    return out["logits"]
 
 
 def model_run(ctx: Context, spec: ModelSpec, seed: int, progress: bool | None = None) -> ModelRun:
