@@ -71,7 +71,9 @@ def markdown(p: dict[str, Any]) -> str:
     def iv(d: dict[str, Any]) -> str:
         return f"{100 * d['mean']:.1f} [{100 * d['ci'][0]:.1f}, {100 * d['ci'][1]:.1f}]"
 
-    lines = ["| model | measure | seeds | fp32 % | bf16 % | bf16 − fp32 (pp, paired) | ≤ 1 pp |", "|---|---|---|---|---|---|---|"]
+    lines = [f"fp32 book: commit `{p['fp32_commit'][:7]}`; bf16 book: commit `{p['bf16_commit'][:7]}`. Accuracy in "
+             f"percent, seed mean with its 95% t-interval; the difference is seed-paired.", "",
+             "| model | measure | seeds | fp32 % | bf16 % | bf16 − fp32 (pp, paired) | ≤ 1 pp |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['measure']} | {len(r['seeds'])} | {iv(r['fp32'])} | {iv(r['bf16'])} | "
               f"{100 * r['difference']['mean']:+.2f} [{100 * r['difference']['ci'][0]:+.2f}, "
               f"{100 * r['difference']['ci'][1]:+.2f}] | "
