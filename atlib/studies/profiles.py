@@ -207,7 +207,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             epochs=24,  # converged: results/fashion/pilot_convergence.json (python -m atlib pilot convergence)
             batch_size=128, lr=0.05, weight_decay=5e-4, augment=False,
             linf_eps=0.1, linf_sweep=(0.0, 0.05, 0.1), l2_eps=1.0, train_steps=5, eval_steps=20, meant_for="cpu",
-            pool_jobs=True, fast=False, precision="fp32",
+            pool_jobs=True, fast=False, precision="bf16",
             eps_fadein_epochs=0,  # ε = 0.1 does not collapse: every AT model of the published book passes the gates
             theory=TheorySettings(
                 linear=LinearSettings(n_train=2000, epochs=6, batch_size=200, lr=0.05, weight_decay=5e-4,

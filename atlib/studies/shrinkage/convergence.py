@@ -40,11 +40,13 @@ def schedule(p: Profile) -> dict[str, Any]:
     """What a pilot record must have been run with to vouch for ``p``'s models (chapter 04's students too)."""
     return {"epochs": p.epochs, "batch_size": p.batch_size, "lr": p.lr, "train_subset": p.train_subset,
             "train_steps": p.train_steps, "main_at": p.main_at.label, "student_epochs": p.distill.epochs,
-            "student_temperatures": list(p.distill.temperatures), "eps_fadein_epochs": p.eps_fadein_epochs}
+            "student_temperatures": list(p.distill.temperatures), "eps_fadein_epochs": p.eps_fadein_epochs,
+            "precision": p.precision}
 
 
 # Schedule settings added after some pilots were recorded, with the value every run had before they existed
-PREDATES = {"eps_fadein_epochs": 0}  # AT trained from full ε until the fade-in was added
+PREDATES = {"eps_fadein_epochs": 0,  # AT trained from full ε until the fade-in was added
+            "precision": "fp32"}  # every model trained in float32 until the precision became a setting
 
 
 def pilot_record(p: Profile, root: Path = RESULTS) -> dict[str, Any] | None:
