@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("ATLIB_NO_DOWNLOAD", "1")  # no test may ever touch the network
+# Every process a test starts (kernels, workers) runs torch on one thread: with the suite on 2 xdist processes a
+# 2-thread kernel would spin-wait on a core that the other process keeps busy.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -137,7 +137,8 @@ def test_training_runs_under_two_ranks_store_one_copy_equal_to_one_process(tmp_p
     _run_ranks(RUNS, str(cache), world)
     p = dataclasses.replace(get_profile("smoke"), epochs=2, seeds=(0,), side_seeds=None, linf_sweep=(0.0, 0.1), train_subset=265)
     written = sorted(f.name.split("-")[0] for f in cache.glob("*.pt"))
-    assert written == ["evaluation"] * 3 + ["model"] * 3, written  # one copy each, no stray temp files
+    # one copy each (the standard run's chapter-03 snapshots too), no stray temp files
+    assert written == ["evaluation"] * 3 + ["model"] * 3 + ["stdsnapshots"], written
     assert not list(cache.glob(".*.tmp")) and not list((cache / "checkpoints").glob("*"))
     ddp_ctx, one_ctx = cx.context(p, cache, workers=1), cx.context(p, tmp_path / "one", workers=1)
     for spec in p.model_specs():

@@ -114,7 +114,7 @@ def test_a_whole_pass_leaves_a_receipt_that_a_code_edit_or_a_lost_artifact_voids
     monkeypatch.setattr(cx, "_COMPLETE", {})
     assert cx.complete(ctx)
     keys = cx.receipt(ctx)["keys"]
-    assert {k.split("-")[0] for k in keys} >= {"model", "evaluation", "distill_student", "audit", "stdsnapshots"}
+    assert {k.split("-")[0] for k in keys} >= {"model", "evaluation", "distill_student", "audit", "predict"}
     assert cx.fill(ctx, [(stamp, ("unasked",))], "x") == 0 and ctx.store.load("stamp-unasked") is None  # no probe
     with monkeypatch.context() as m:  # any edit to atlib: the receipt is another one, not found
         m.setattr(cx, "package_version", lambda: "edited")

@@ -28,8 +28,8 @@ AT = AttackConfig.madry("linf", 0.1, 2, keep_best=False)
 
 
 # ------------------------------------------------------------------------------------------- the setting
-def test_every_builtin_profile_spells_fp32():
-    assert {n: p.precision for n, p in PROFILES.items()} == {n: "fp32" for n in PROFILES}
+def test_fashion_trains_in_bf16_since_its_parity_run_and_the_others_spell_fp32():
+    assert {n: p.precision for n, p in PROFILES.items()} == {n: "bf16" if n == "fashion" else "fp32" for n in PROFILES}
 
 
 def test_a_bad_precision_is_refused_naming_the_key(tmp_path):

@@ -116,7 +116,8 @@ def trained_model(ctx: Context, spec: ModelSpec, seed: int, progress: bool | Non
                            progress=progress, checkpoint=None if light else ckpt, fast=fast(ctx),
                            precision=precision(ctx), on_epoch_end=snap)
         if snap is not None and snap.complete(len(hist)):  # a resumed run saw only its last epochs: not saved
-            ctx.store.save(snapshot_key(ctx, seed), snap.payload(hist), meta=snapshot_config(ctx, seed))
+            ctx.store.save(snapshot_key(ctx, seed), snap.payload(hist), meta=snapshot_config(ctx, seed),
+                           seconds=snap.seconds)
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "history": hist,
                 "train_seconds": time.perf_counter() - t0}
 
@@ -140,10 +141,13 @@ class Snapshots:
         self.sel_x, self.sel_y, _ = selection_set(ctx, c.select_on, c.holdout, ctx.data_root)
         self.test_logits: list[Tensor] = []
         self.select_acc: list[float] = []
+        self.seconds = 0.0  # what recording cost (its artifact's recorded compute time)
 
     def __call__(self, epoch: int, model: nn.Module, record: dict) -> None:
+        t0 = time.perf_counter()
         self.test_logits.append(train.predict(model, self.test_x))
         self.select_acc.append(stats.accuracy(train.predict(model, self.sel_x), self.sel_y.cpu()))
+        self.seconds += time.perf_counter() - t0
 
     def complete(self, epochs: int) -> bool:
         return len(self.select_acc) == epochs

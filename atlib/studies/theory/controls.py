@@ -246,6 +246,11 @@ def precompute(ctx: cx.Context) -> None:
     cx.fill(ctx, [(control_model, (kind, s, p.seeds[0])) for kind in KINDS for s in st.grid(kind)]
             + [(theory.linear_job, ()), (theory.cached_gaussian_experiment, (p.theory.gaussian, p.side_seed_list))],
             "controls, linear models, Gaussian model", order=lambda job: (schedule.STEP, 0.0))
-    deep = shrinkage.training_runs(ctx, (ModelSpec("standard"), p.main_at), progress=False)
-    cx.fill(ctx, [(flip_job, (r.spec, r.seed)) for r in deep if r.seed in p.side_seed_list], "flip radii")
+    deep = [r for r in shrinkage.training_runs(ctx, (ModelSpec("standard"), p.main_at), progress=False)
+            if r.seed in p.side_seed_list]
+    cx.fill(ctx, [(flip_job, (r.spec, r.seed)) for r in deep], "flip radii")
     control_evals(ctx, calibrate(ctx, calibration_target(ctx)[0], p.seeds[0]))
+    for r in deep:  # loaded (computed here when the jobs stay in this process: one worker)
+        flip_radius(ctx, r.spec, r.seed)
+    theory.cached_linear_experiment(ctx)
+    theory.cached_gaussian_experiment(ctx, p.theory.gaussian, p.side_seed_list)
