@@ -144,6 +144,8 @@ def test_smoke_compute_on_dask_equals_one_thread_in_process_and_the_book_then_tr
     assert len(submitted) == sum(kinds.values())  # the local executor hands nothing to Dask
     assert names == [n for n in files(in_process) if n != "checkpoints"]
     for n in names:
+        if n.startswith("receipt-"):  # the pass's own record (what it touched, how much was cached): not a result
+            continue
         a, b = (on_dask.root / n).read_bytes(), (in_process.root / n).read_bytes()
         if a != b:  # the same artifact but for the wall times in its history
             assert n.endswith(".pt") and differences(on_dask.load(n[:-3]), in_process.load(n[:-3]), n) == []
