@@ -33,10 +33,9 @@ def audit_student_job(ctx: Any, ablation: str, T: float | None, seed: int) -> No
 def precompute_models(ctx: Any) -> None:
     """Chapter 05's jobs on chapter 02's models: every side-seed model audited, one job per spec, then the
     diagnosis of the flagged ones (in this process: a few models at most)."""
-    specs = [sp for sp in ctx.profile.model_specs() if set(ctx.profile.side_seed_list) & set(ctx.profile.seeds_for(sp))]
-    models = shrinkage.training_runs(ctx, tuple(specs), progress=False, seeds=ctx.profile.side_seed_list)  # waits
+    models = shrinkage.training_runs(ctx, progress=False, seeds=ctx.profile.side_seed_list)  # waits for them
+    specs = list(dict.fromkeys(r.spec for r in models))
     cx.fill(ctx, [(audit_spec_job, (sp,)) for sp in specs], "audits", order=lambda job: (schedule.BULK, 0.0))
-    models = shrinkage.training_runs(ctx, progress=False, seeds=ctx.profile.side_seed_list)  # the chapter's list
     views.diagnose_runs(ctx, models, runs.audit_runs(ctx, models, progress=False))  # flagged models, here
 
 

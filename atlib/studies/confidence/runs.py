@@ -237,7 +237,7 @@ def comparisons(logits: Mapping[str, Mapping[int, Tensor]], fn: Callable[[Any, A
 
 
 def test_logits(ctx: cx.Context, runs: Sequence[ex.ModelRun]) -> dict[int, Tensor]:
-    """Clean logits of each run's model on ``x`` (the whole test set), by seed."""
+    """Clean logits of each run's model on the whole test set (cached), by seed."""
     return {r.seed: ex.predict(ctx, r.model, ctx.data.test_x, "test") for r in runs}
 
 
